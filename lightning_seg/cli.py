@@ -1,0 +1,111 @@
+"""``lightning-seg``: LightningCLI over :class:`SegmentationModule` and any :class:`SegmentationDataModule`.
+
+``lightning-seg fit --config configs/synthetic/caml.yaml`` trains, ``lightning-seg test --config
+configs/synthetic/caml.yaml --ckpt_path best`` evaluates the best checkpoint of that earlier fit. Each run
+lives in ``trainer.default_root_dir``: checkpoints, ``best.json``, CSV logs and the resolved config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+
+from .data import SegmentationDataModule
+from .module import SegmentationModule
+
+
+def _label(spec) -> str:
+    """Name of a model or loss given as a registry name or as ``class_path`` + ``init_args``."""
+    if isinstance(spec, str):
+        return spec
+    module, _, attribute = spec.class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), attribute)
+    name = getattr(cls, "name", "") or cls.__name__.lower()
+    defaults: dict = {}
+    for base in reversed(cls.__mro__):  # subclasses' defaults win
+        if "__init__" in vars(base):
+            defaults.update((k, p.default) for k, p in inspect.signature(base.__init__).parameters.items())
+    changed = [f"{k}={v}" for k, v in sorted(vars(spec.get("init_args") or Namespace()).items()) if defaults.get(k) != v]
+    return "_".join([name, *changed])
+
+
+def run_dir(config: Namespace) -> Path:
+    """``runs/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>``: one folder per run, derived from its config."""
+    data_cls = config.data.class_path.rsplit(".", 1)[-1]
+    data = data_cls.removesuffix("DataModule").lower() or data_cls.lower()
+    data_args = config.data.init_args
+    model_args = config.model.init_args
+    return (
+        Path("runs")
+        / data
+        / model_args.model
+        / _label(model_args.loss)
+        / f"fold{data_args.fold}_frac{data_args.train_fraction:g}_seed{config.seed_everything}"
+    )
+
+
+class SegmentationCLI(LightningCLI):
+    """Links the data's classes into the model, logs to CSV by default, resolves ``--ckpt_path best``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, test the best checkpoint in the same process (fit only).",
+        )
+        for attribute in ("num_classes", "in_channels", "class_names", "ignore_index"):
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.default_root_dir is None:
+            trainer.default_root_dir = str(run_dir(config))
+        # Lightning's own default is TensorBoard when installed; this project's is CSV in the run directory.
+        if trainer.logger is None or trainer.logger is True:
+            trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=trainer.default_root_dir, name="logs"),
+            )
+
+    def before_test(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "best" and not getattr(self.trainer.checkpoint_callback, "best_model_path", ""):
+            restore = getattr(self.trainer.checkpoint_callback, "restore_best", None)
+            if restore is None:
+                raise ValueError("--ckpt_path best needs the lightning_seg.callbacks.BestCheckpoint callback")
+            restore(self.trainer)
+
+    before_validate = before_test
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> SegmentationCLI:
+    """Parse ``args`` (``sys.argv`` when ``None``) and, with ``run``, execute the subcommand."""
+    return SegmentationCLI(
+        SegmentationModule,
+        SegmentationDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+        run=run,
+    )
+
+
+def main() -> None:
+    build_cli()
+
+
+if __name__ == "__main__":
+    main()

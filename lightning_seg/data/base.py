@@ -1,0 +1,155 @@
+"""One mechanism for every dataset: a fold's split, a nested training fraction, albumentations, loaders.
+
+A dataset subclasses :class:`SegmentationDataModule` and supplies three things: its class names and
+channel count, :meth:`~SegmentationDataModule.fold_ids` (train/val/test ids of the configured fold) and
+:meth:`~SegmentationDataModule.load_sample` (one image and its mask, as NumPy arrays). Everything else
+(subsets, transforms, tensors, loaders) is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .splits import Fold, subset
+
+#: ``(image H×W×C float32 in [0, 1], mask H×W int64)``
+Sample = tuple[np.ndarray, np.ndarray]
+
+
+class SegmentationDataset(Dataset):
+    """Samples ``ids`` through ``load`` and an optional albumentations ``transform``.
+
+    Items are dicts with ``image`` (float32 C×H×W), ``mask`` (int64 H×W) and ``id``.
+    """
+
+    def __init__(self, ids: Sequence[str], load: Callable[[str], Sample], transform: A.BasicTransform | None = None):
+        self.ids = list(ids)
+        self.load = load
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(self.ids[index])
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "id": self.ids[index],
+        }
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Base DataModule: fold ``fold`` of the dataset's splits, ``train_fraction`` of its training set.
+
+    Args:
+        data_dir: where the dataset's files are (unused by datasets that need none).
+        fold: cross-validation fold, ``0 ≤ fold < num_folds``.
+        train_fraction: share of the fold's training ids used, drawn nested with ``subset_seed``
+            (1/8 ⊂ 1/4 ⊂ 1/2 ⊂ all).
+        batch_size: training and evaluation batch size (4 in the paper).
+        num_workers: DataLoader workers.
+        augment: random crop (when ``crop_size`` is set) and horizontal flip for training, the paper's
+            only augmentations; off gives the training images as they are.
+        crop_size: side of the random training crop; ``None`` for no crop.
+        subset_seed: seed of the training-fraction draw (fixed, so every run of a fraction sees the same images).
+        ignore_index: mask value for unlabelled pixels, excluded from losses and metrics.
+    """
+
+    class_names: ClassVar[tuple[str, ...]] = ()
+    in_channels: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        fold: int = 0,
+        train_fraction: float = 1.0,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        augment: bool = True,
+        crop_size: int | None = None,
+        subset_seed: int = 0,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if not 0.0 < train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must lie in (0, 1], got {train_fraction}")
+        if 0 <= ignore_index < self.num_classes:
+            raise ValueError(f"ignore_index={ignore_index} collides with a class index (num_classes={self.num_classes})")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.fold = fold
+        self.train_fraction = train_fraction
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.crop_size = crop_size
+        self.subset_seed = subset_seed
+        self.ignore_index = ignore_index
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # --- what a dataset supplies -------------------------------------------------------------------
+    def fold_ids(self) -> Fold:
+        """Train, val and test ids of fold ``self.fold``."""
+        raise NotImplementedError
+
+    def load_sample(self, sample_id: str) -> Sample:
+        """Image (H×W×C float32 in [0, 1]) and mask (H×W int64, classes and ``ignore_index``) of one id."""
+        raise NotImplementedError
+
+    def train_transform(self) -> A.BasicTransform | None:
+        if not self.augment:
+            return None
+        crop = [A.RandomCrop(self.crop_size, self.crop_size)] if self.crop_size else []
+        return A.Compose([*crop, A.HorizontalFlip(p=0.5)])
+
+    # --- shared ------------------------------------------------------------------------------------
+    def split_ids(self) -> Fold:
+        """The fold's ids with the training set reduced to ``train_fraction``."""
+        ids = self.fold_ids()
+        return {**ids, "train": subset(ids["train"], self.train_fraction, self.subset_seed)}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        ids = self.split_ids()
+        self.datasets = {
+            "train": SegmentationDataset(ids["train"], self.load_sample, self.train_transform()),
+            "val": SegmentationDataset(ids["val"], self.load_sample),
+            "test": SegmentationDataset(ids["test"], self.load_sample),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,164 @@
+"""The losses of Yokoi & Hotta, "Multiplicative Loss for Enhancing Semantic Segmentation in Medical and
+Cellular Images" (arXiv:2510.12258, with its erratum), and the two baselines they are compared with.
+
+Notation: softmax probabilities ``p``, one-hot targets ``t``, pixel ``i`` running over every non-ignored
+pixel of the batch, ``N`` their number, ``C`` the number of classes (background included).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from .base import AbsentClasses, LossTerms, SegmentationLoss, confidence_exponent, register_loss, safe_pow
+
+PBar = Literal["true_class", "all_classes", "per_pixel"]
+AlphaGrad = Literal["pbar", "none", "full"]
+
+
+@register_loss("ce")
+class CrossEntropy(SegmentationLoss):
+    """Cross entropy, eq. (2): ``L_CE = -(1/N) Σ_i log p[i, y_i]``."""
+
+    def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
+        return terms.ce, None
+
+
+@register_loss("dice")
+class Dice(SegmentationLoss):
+    """Batch soft Dice loss, eq. (3-4): ``L_Dice = 1 - (1/C) Σ_c (2 Σ_i t_ic p_ic + s) / (Σ_i t_ic + Σ_i p_ic + s)``.
+
+    The sums run over all pixels of the batch (batch Dice, not per image) and the mean over all C
+    classes, background included. ``s`` is ``smooth`` (1 by default); see :class:`SegmentationLoss`
+    for the absent-class policy.
+    """
+
+    def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
+        return terms.dice_loss, None
+
+
+@register_loss("additive")
+class Additive(SegmentationLoss):
+    """Weighted sum, eq. (1): ``L = λ·L_Dice + (1 - λ)·L_CE``; the paper's grid is λ ∈ {0.3, 0.5, 0.7}."""
+
+    def __init__(self, lam: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        self.lam = float(lam)
+
+    def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
+        return self.lam * terms.dice_loss + (1.0 - self.lam) * terms.ce, None
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, " + super().extra_repr()
+
+
+@register_loss("ml")
+class Multiplicative(SegmentationLoss):
+    """Multiplicative Loss (ML), eq. (5): ``L_ML = L_Dice · L_CE``."""
+
+    def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
+        return terms.dice_loss * terms.ce, None
+
+
+@register_loss("caml")
+class ConfidenceAdaptiveMultiplicative(SegmentationLoss):
+    """Confidence-Adaptive Multiplicative Loss (CAML), eq. (13) of the erratum:
+
+    ``L_CAML = L_Dice · L_CE^α``,  ``α = (1 - p̄)^D``,  ``D = 1 - L_Dice``.
+
+    Args:
+        pbar: what ``p̄`` is.
+            ``"true_class"`` (default): ``p̄ = (1/N) Σ_i p[i, y_i]``, the true-class probability averaged
+            over the batch; the pre-erratum text's "predicted probability for the true class" made a
+            batch scalar as the erratum requires.
+            ``"all_classes"``: the erratum read literally, the mean of ``p`` over all pixels *and* classes.
+            Under a softmax that is exactly ``1/C`` for every input, so α depends on D alone.
+            ``"per_pixel"``: the pre-erratum eq. (10), ``α_i = (1 - p[i, y_i])^D`` applied inside the CE
+            mean: ``L = L_Dice · (1/N) Σ_i (-log p[i, y_i])^{α_i}``.
+        alpha_grad: which gradients flow through α.
+            ``"pbar"`` (default): through ``p̄`` with ``D`` held constant, as eq. (14-15) differentiate.
+            ``"none"``: α is a constant per step (detached).
+            ``"full"``: through ``p̄`` and ``D``.
+        r: if given, ``D`` in the exponent is replaced by this constant (the fixed-r ablation, Tab. 4);
+            see :class:`CAMLFixedR`.
+
+    Numerics: ``1 - p̄`` is clamped to ``[1e-6, 1]`` and ``L_CE`` (or the per-pixel CE) to ``≥ 1e-6``
+    before the fractional power, so that ``∂L/∂α = L_Dice · L_CE^α · log L_CE`` stays finite at perfect
+    predictions; below that bound the CE factor stops passing gradient, where its value is < 1e-6 anyway.
+    """
+
+    def __init__(
+        self,
+        pbar: PBar = "true_class",
+        alpha_grad: AlphaGrad = "pbar",
+        r: float | None = None,
+        ignore_index: int | None = 255,
+        smooth: float = 1.0,
+        absent_classes: AbsentClasses = "include",
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, smooth=smooth, absent_classes=absent_classes)
+        if pbar not in ("true_class", "all_classes", "per_pixel"):
+            raise ValueError(f"pbar must be 'true_class', 'all_classes' or 'per_pixel', got {pbar!r}")
+        if alpha_grad not in ("pbar", "none", "full"):
+            raise ValueError(f"alpha_grad must be 'pbar', 'none' or 'full', got {alpha_grad!r}")
+        if r is not None and r < 0:
+            raise ValueError(f"r must be ≥ 0, got {r}")
+        self.pbar = pbar
+        self.alpha_grad = alpha_grad
+        self.r = None if r is None else float(r)
+
+    def exponent(self, terms: LossTerms) -> Tensor | float:
+        """The exponent of ``1 - p̄``: ``D`` (held constant unless ``alpha_grad="full"``) or the fixed ``r``."""
+        if self.r is not None:
+            return self.r
+        d = terms.dice_coef
+        return d if self.alpha_grad == "full" else d.detach()
+
+    def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
+        exponent = self.exponent(terms)
+        if self.pbar == "per_pixel":
+            pt_map = terms.pt_map if self.alpha_grad != "none" else terms.pt_map.detach()
+            alpha_map = confidence_exponent(pt_map, exponent)
+            ce_pow = terms.valid_mean(safe_pow(terms.ce_map, alpha_map))
+            return terms.dice_loss * ce_pow, terms.valid_mean(alpha_map)
+        if self.pbar == "true_class":
+            p_bar = terms.p_bar
+        else:
+            num_classes = terms.probs.shape[1]
+            p_bar = (terms.probs * terms.valid.unsqueeze(1)).sum() / (terms.n_valid * num_classes)
+        if self.alpha_grad == "none":
+            p_bar = p_bar.detach()
+        alpha = confidence_exponent(p_bar, exponent)
+        return terms.dice_loss * safe_pow(terms.ce, alpha), alpha
+
+    def extra_repr(self) -> str:
+        r = "" if self.r is None else f"r={self.r}, "
+        return f"pbar={self.pbar!r}, alpha_grad={self.alpha_grad!r}, {r}" + super().extra_repr()
+
+
+@register_loss("caml_fixed_r")
+class CAMLFixedR(ConfidenceAdaptiveMultiplicative):
+    """CAML with the Dice exponent replaced by a constant (the paper's Tab. 4 ablation):
+    ``L = L_Dice · L_CE^α``, ``α = (1 - p̄)^r``, r ∈ {1, 2, 3, 4, 5} in the paper.
+    """
+
+    def __init__(
+        self,
+        r: float,
+        pbar: PBar = "true_class",
+        alpha_grad: AlphaGrad = "pbar",
+        ignore_index: int | None = 255,
+        smooth: float = 1.0,
+        absent_classes: AbsentClasses = "include",
+    ) -> None:
+        super().__init__(
+            pbar=pbar,
+            alpha_grad=alpha_grad,
+            r=r,
+            ignore_index=ignore_index,
+            smooth=smooth,
+            absent_classes=absent_classes,
+        )

@@ -1,0 +1,144 @@
+"""The generic task: any registered model, any registered loss, torchmetrics per split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
+
+from .losses import SegmentationLoss, build_loss
+from .models import build_model
+
+def adam(params) -> torch.optim.Optimizer:
+    """The paper's optimizer: Adam with learning rate 1e-3."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class SegmentationModule(L.LightningModule):
+    """Semantic segmentation with a model and a loss chosen by name (or ``class_path``) in config.
+
+    Args:
+        model: registry name (``unet``, ``tiny``, ``smp.Unet``, ...; see :mod:`lightning_seg.models`).
+        model_kwargs: keyword arguments of the model (e.g. ``{"base_channels": 16}``).
+        loss: a :class:`~lightning_seg.losses.SegmentationLoss` or a registry name (``ce``, ``dice``,
+            ``additive``, ``ml``, ``caml``, ...), built with ``ignore_index``.
+        num_classes, in_channels, class_names, ignore_index: set from the DataModule by the CLI.
+        optimizer: optimizer factory; Adam with lr 1e-3 by default, as in the paper.
+        lr_scheduler: optional scheduler factory.
+
+    Logged per split ``s``: ``s/loss``, ``s/iou_<class>`` for every class, ``s/miou`` (their mean over
+    classes present in prediction or target of the split) and ``s/dice`` (macro pixel F1 = Dice). Metrics
+    accumulate over the whole split (dataset-level IoU), not per batch.
+    """
+
+    def __init__(
+        self,
+        model: str = "unet",
+        model_kwargs: dict | None = None,
+        loss: SegmentationLoss | str = "caml",
+        num_classes: int = 2,
+        in_channels: int = 1,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = 255,
+        optimizer: OptimizerCallable = adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
+        class_names = [f"class{i}" for i in range(num_classes)] if class_names is None else list(class_names)
+        if len(class_names) != num_classes:
+            raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        self.hparams["loss_name"] = loss if isinstance(loss, str) else loss.name
+        self.class_names = class_names
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.configure_models()
+        self.configure_losses(loss)
+        self.configure_metrics()
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.model = build_model(hp.model, hp.in_channels, hp.num_classes, **(hp.model_kwargs or {}))
+
+    def configure_losses(self, loss: SegmentationLoss | str) -> None:
+        ignore_index = self.hparams.ignore_index
+        if isinstance(loss, str):
+            loss = build_loss(loss, ignore_index=ignore_index)
+        elif loss.ignore_index != ignore_index:
+            raise ValueError(
+                f"the loss has ignore_index={loss.ignore_index} but the data uses {ignore_index}; "
+                "set the same value in the loss's init_args"
+            )
+        self.loss = loss
+
+    def configure_metrics(self) -> None:
+        hp = self.hparams
+        metrics = MetricCollection(
+            {
+                # Classes absent from prediction and target give NaN, left out of the mean.
+                "iou": MulticlassJaccardIndex(
+                    hp.num_classes, average="none", ignore_index=hp.ignore_index, zero_division=float("nan")
+                ),
+                "dice": MulticlassF1Score(hp.num_classes, average="macro", ignore_index=hp.ignore_index),
+            }
+        )
+        # Attributes, not a ModuleDict: a key "train" would shadow nn.Module.train.
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def split_metrics(self, split: str) -> MetricCollection:
+        return getattr(self, f"{split}_metrics")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch: dict, split: str) -> Tensor:
+        logits = self(batch["image"])
+        target = batch["mask"]
+        loss = self.loss(logits, target)
+        self.split_metrics(split).update(logits.argmax(dim=1), target)
+        self.log(
+            f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=target.shape[0]
+        )
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        values = self.split_metrics(split).compute()
+        iou = values.pop(f"{split}/iou")
+        for name, value in zip(self.class_names, iou):
+            values[f"{split}/iou_{name}"] = value
+        self.log_dict(values)
+        self.log(f"{split}/miou", iou.nanmean(), prog_bar=split != "test")
+        self.split_metrics(split).reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

@@ -29,7 +29,9 @@ def _label(spec) -> str:
     for base in reversed(cls.__mro__):  # subclasses' defaults win
         if "__init__" in vars(base):
             defaults.update((k, p.default) for k, p in inspect.signature(base.__init__).parameters.items())
-    changed = [f"{k}={v}" for k, v in sorted(vars(spec.get("init_args") or Namespace()).items()) if defaults.get(k) != v]
+    changed = [
+        f"{k}={v}" for k, v in sorted(vars(spec.get("init_args") or Namespace()).items()) if defaults.get(k) != v
+    ]
     return "_".join([name, *changed])
 
 
@@ -66,12 +68,27 @@ class SegmentationCLI(LightningCLI):
         trainer = config.trainer
         if trainer.default_root_dir is None:
             trainer.default_root_dir = str(run_dir(config))
-        # Lightning's own default is TensorBoard when installed; this project's is CSV in the run directory.
-        if trainer.logger is None or trainer.logger is True:
-            trainer.logger = Namespace(
+        # A CSV log in the run directory always, beside whatever loggers the config adds (W&B, ...).
+        if trainer.logger is False:
+            return
+        loggers = (
+            []
+            if trainer.logger in (None, True)
+            else list(trainer.logger)
+            if isinstance(trainer.logger, list)
+            else [trainer.logger]
+        )
+        for logger in loggers:
+            init_args = logger.get("init_args")
+            if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
+                init_args.save_dir = trainer.default_root_dir
+        if not any(logger.class_path.endswith(".CSVLogger") for logger in loggers):
+            csv = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=trainer.default_root_dir, name="logs"),
             )
+            loggers.insert(0, csv)
+        trainer.logger = loggers
 
     def before_test(self) -> None:
         config = self.config_init[self.subcommand]

@@ -1,0 +1,110 @@
+"""The CLI end to end on real configs: fit, test --ckpt_path best from a second process-like call, logs."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_seg.cli import build_cli, run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
+SMALL = [
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=1",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.num_images=20",
+    "--data.init_args.image_size=32",
+]
+
+
+def compose(*names: str) -> list[str]:
+    return [arg for name in names for arg in ("--config", str(CONFIGS / name))]
+
+
+def read_metrics(root: Path) -> list[dict[str, str]]:
+    (path,) = sorted(root.glob("logs/version_*/metrics.csv"))[:1]
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("loss", PAPER_LOSSES)
+def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
+    args = compose("base.yaml", "data/synthetic.yaml", f"losses/{loss}.yaml")
+    root = tmp_path / "run"
+    build_cli(["fit", *args, *SMALL, f"--trainer.default_root_dir={root}"])
+
+    best = root / "checkpoints" / "best.json"
+    assert best.is_file()
+    rows = read_metrics(root)
+    step_rows = [r for r in rows if r.get("train/p_bar")]
+    assert step_rows, "loss parts must be logged at training steps"
+    for row in step_rows:
+        parts = {k: float(row[f"train/{k}"]) for k in ("ce", "dice_loss", "p_bar", "dice_coef", "alpha")}
+        assert parts["ce"] > 0 and 0 < parts["p_bar"] < 1 and 0 < parts["alpha"] <= 1
+        assert parts["dice_coef"] == pytest.approx(1 - parts["dice_loss"], abs=1e-6)
+        if loss != "caml_fixed_r":  # fixed r: α = (1 - p̄)^r, otherwise CAML's (1 - p̄)^D is logged
+            assert parts["alpha"] == pytest.approx((1 - parts["p_bar"]) ** parts["dice_coef"], rel=1e-4)
+        else:
+            assert parts["alpha"] == pytest.approx((1 - parts["p_bar"]) ** 3.0, rel=1e-4)
+    assert any(r.get("val/miou") for r in rows)
+
+    # A separate invocation, as from a new shell, finds the best checkpoint of the fit above.
+    cli = build_cli(["test", *args, *SMALL, f"--trainer.default_root_dir={root}", "--ckpt_path=best"])
+    metrics = cli.trainer.callback_metrics
+    names = ("background", "region", "curve", "blob")
+    per_class = torch.stack([metrics[f"test/iou_{n}"] for n in names])
+    assert torch.isfinite(metrics["test/miou"])
+    assert metrics["test/miou"] == pytest.approx(per_class.nanmean().item())
+
+
+def test_run_dir_follows_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = compose("base.yaml", "data/synthetic.yaml", "losses/additive.yaml")
+    cli = build_cli(
+        [*args, "--model.init_args.loss.init_args.lam=0.3", "--data.init_args.train_fraction=0.25"], run=False
+    )
+    expected = Path("runs/synthetic/unet/additive_lam=0.3/fold0_frac0.25_seed0")
+    assert Path(cli.trainer.default_root_dir) == expected
+    assert run_dir(cli.config) == expected
+
+
+def test_data_attributes_are_linked_into_the_model(tmp_path):
+    cli = build_cli([*compose("base.yaml", "data/synthetic.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert cli.model.hparams.num_classes == 4
+    assert list(cli.model.class_names) == ["background", "region", "curve", "blob"]
+    assert cli.model.hparams.in_channels == 1
+    assert cli.model.loss.ignore_index == cli.datamodule.ignore_index == 255
+
+
+def test_test_best_without_a_fit_explains(tmp_path):
+    args = compose("base.yaml", "data/synthetic.yaml")
+    with pytest.raises(FileNotFoundError, match="run `lightning-seg fit` with the same config"):
+        build_cli(["test", *args, *SMALL, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best"])
+
+
+def test_demo_config_fits_and_tests(tmp_path):
+    root = tmp_path / "demo"
+    cli = build_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), *SMALL, f"--trainer.default_root_dir={root}"])
+    assert "test/miou" in cli.trainer.callback_metrics
+    assert "test/iou_curve" in cli.trainer.callback_metrics
+
+
+def test_wandb_logger_runs_offline_without_key(tmp_path):
+    root = tmp_path / "wb"
+    args = compose("base.yaml", "data/synthetic.yaml", "loggers/wandb.yaml")
+    cli = build_cli(["fit", *args, *SMALL, "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"])
+    kinds = [type(logger).__name__ for logger in cli.trainer.loggers]
+    assert kinds == ["CSVLogger", "WandbLogger"]
+    assert cli.trainer.loggers[1]._offline
+    assert list((root / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_bad_loss_name_is_reported(tmp_path):
+    args = compose("base.yaml", "data/synthetic.yaml")
+    with pytest.raises(ValueError, match="unknown loss 'focal_typo'"):
+        build_cli([*args, "--model.init_args.loss=focal_typo", f"--trainer.default_root_dir={tmp_path}"], run=False)

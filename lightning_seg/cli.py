@@ -11,10 +11,13 @@ import importlib
 import inspect
 from pathlib import Path
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 from .data import SegmentationDataModule
+from .loggers import run_group, run_metadata, run_name
 from .module import SegmentationModule
 
 
@@ -78,10 +81,17 @@ class SegmentationCLI(LightningCLI):
             if isinstance(trainer.logger, list)
             else [trainer.logger]
         )
+        meta = run_metadata(run_dir(config))
         for logger in loggers:
             init_args = logger.get("init_args")
             if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
                 init_args.save_dir = trainer.default_root_dir
+            if logger.class_path.endswith("WandbLogger") and init_args is not None:
+                # W&B names from the run directory, unless the config chose its own.
+                if init_args.get("name") is None:
+                    init_args.name = run_name(meta)
+                if "group" in init_args and init_args.group is None:
+                    init_args.group = run_group(meta)
         if not any(logger.class_path.endswith(".CSVLogger") for logger in loggers):
             csv = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
@@ -90,7 +100,26 @@ class SegmentationCLI(LightningCLI):
             loggers.insert(0, csv)
         trainer.logger = loggers
 
+    def log_config_to_wandb(self) -> None:
+        """Put the resolved config (key ``cli``) and the run keys (:func:`run_metadata`) into every W&B run."""
+        wandb_loggers = [lg for lg in self.trainer.loggers if isinstance(lg, _LightningWandbLogger)]
+        if not wandb_loggers:
+            return
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        parser = self._parser(self.subcommand) if self.subcommand else self.parser
+        resolved = yaml.safe_load(parser.dump(config, skip_none=False))
+        run_config = {**run_metadata(run_dir(config)), "cli": resolved}
+        for logger in wandb_loggers:
+            if hasattr(logger, "set_run_config"):
+                logger.set_run_config(run_config)
+            else:
+                logger.experiment.config.update(run_config, allow_val_change=True)
+
+    def before_fit(self) -> None:
+        self.log_config_to_wandb()
+
     def before_test(self) -> None:
+        self.log_config_to_wandb()
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "best" and not getattr(self.trainer.checkpoint_callback, "best_model_path", ""):
             restore = getattr(self.trainer.checkpoint_callback, "restore_best", None)

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardInde
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
 
+
 def adam(params) -> torch.optim.Optimizer:
     """The paper's optimizer: Adam with learning rate 1e-3."""
     return torch.optim.Adam(params, lr=1e-3)
@@ -122,7 +123,7 @@ class SegmentationModule(L.LightningModule):
     def _log_epoch_metrics(self, split: str) -> None:
         values = self.split_metrics(split).compute()
         iou = values.pop(f"{split}/iou")
-        for name, value in zip(self.class_names, iou):
+        for name, value in zip(self.class_names, iou, strict=True):
             values[f"{split}/iou_{name}"] = value
         self.log_dict(values)
         self.log(f"{split}/miou", iou.nanmean(), prog_bar=split != "test")

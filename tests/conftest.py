@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,3 +13,19 @@ os.environ["WANDB_MODE"] = "offline"
 def _no_wandb_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+#: The real datasets: $LIGHTNING_SEG_DATA, else the shared copies beside the checkout (where CI has them).
+DATA_DIR = Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def require_data() -> Path:
+    """The data directory. Without it the test is skipped, or fails where LIGHTNING_SEG_REQUIRE_DATA is set (CI)."""
+    if not DATA_DIR.is_dir():
+        message = f"dataset copies not found at {DATA_DIR} (set LIGHTNING_SEG_DATA)"
+        if os.environ.get("LIGHTNING_SEG_REQUIRE_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return DATA_DIR

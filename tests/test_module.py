@@ -26,7 +26,10 @@ class FixedLogits(nn.Module):
 
 
 def batches(preds, masks):
-    return [{"image": torch.stack([torch.zeros_like(p), p]).unsqueeze(0).float(), "mask": m.unsqueeze(0)} for p, m in zip(preds, masks)]
+    return [
+        {"image": torch.stack([torch.zeros_like(p), p]).unsqueeze(0).float(), "mask": m.unsqueeze(0)}
+        for p, m in zip(preds, masks, strict=True)
+    ]
 
 
 def hand_iou(preds, masks, num_classes, ignore_index):
@@ -92,8 +95,13 @@ def test_loss_parts_logger_logs_the_step_values():
             seen.append(pl_module.loss.parts)
 
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[LossPartsLogger(), Spy()], limit_val_batches=0,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LossPartsLogger(), Spy()],
+        limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
     last = seen[-1]

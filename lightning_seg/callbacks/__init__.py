@@ -1,6 +1,7 @@
-"""Callbacks: loss-part logging and a best checkpoint that later processes can find."""
+"""Callbacks: loss-part logging, a best checkpoint that later processes can find, prediction overlays."""
 
 from .checkpoint import BestCheckpoint
 from .loss_parts import LossPartsLogger
+from .overlays import PredictionOverlays
 
-__all__ = ["BestCheckpoint", "LossPartsLogger"]
+__all__ = ["BestCheckpoint", "LossPartsLogger", "PredictionOverlays"]

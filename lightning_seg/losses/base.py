@@ -12,8 +12,9 @@ mean true-class probability) and stores detached :class:`LossParts` on the modul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +36,7 @@ def check_inputs(logits: Tensor, target: Tensor, ignore_index: int | None) -> No
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a float tensor, got dtype {logits.dtype}")
     if logits.shape[1] < 2:
-        raise ValueError(
-            f"logits need at least 2 channels (one per class, background included), got {logits.shape[1]}"
-        )
+        raise ValueError(f"logits need at least 2 channels (one per class, background included), got {logits.shape[1]}")
     if target.ndim != 3:
         raise ValueError(f"target must be N×H×W, got shape {tuple(target.shape)}")
     if target.dtype != torch.long:

@@ -11,6 +11,8 @@ from .base import (
     compute_terms,
     register_loss,
 )
+from .boundary import Boundary, BoundaryDoU, HausdorffDT, distance_transform_edt
+from .compound import CERegionKL, CERegionL1, Combo, ExpLog, GDLBoundary, UnifiedFocal
 from .paper import (
     Additive,
     CAMLFixedR,
@@ -18,6 +20,17 @@ from .paper import (
     CrossEntropy,
     Dice,
     Multiplicative,
+)
+from .pixel import Focal, TopK, WeightedCrossEntropy
+from .region import (
+    FocalTversky,
+    GeneralizedDice,
+    GeneralizedWassersteinDice,
+    Jaccard,
+    LogCoshDice,
+    LovaszSoftmax,
+    SensitivitySpecificity,
+    Tversky,
 )
 
 # Short aliases for configs: `class_path: lightning_seg.losses.CAML`.
@@ -44,4 +57,26 @@ __all__ = [
     "check_inputs",
     "compute_terms",
     "register_loss",
+    # Survey losses (pixel, region, boundary, compound).
+    "Boundary",
+    "BoundaryDoU",
+    "CERegionKL",
+    "CERegionL1",
+    "Combo",
+    "ExpLog",
+    "Focal",
+    "FocalTversky",
+    "GDLBoundary",
+    "GeneralizedDice",
+    "GeneralizedWassersteinDice",
+    "HausdorffDT",
+    "Jaccard",
+    "LogCoshDice",
+    "LovaszSoftmax",
+    "SensitivitySpecificity",
+    "TopK",
+    "Tversky",
+    "UnifiedFocal",
+    "WeightedCrossEntropy",
+    "distance_transform_edt",
 ]

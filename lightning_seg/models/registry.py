@@ -8,7 +8,8 @@ asks for pretrained weights explicitly.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 

@@ -39,7 +39,9 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList([double_conv(in_channels, widths[0])])
         self.encoder.extend(double_conv(widths[i], widths[i + 1]) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth)))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))
+        )
         self.decoder = nn.ModuleList(double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -54,7 +56,7 @@ class UNet(nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
-        for up, block in zip(self.up, self.decoder):
+        for up, block in zip(self.up, self.decoder, strict=True):
             x = block(torch.cat([skips.pop(), up(x)], dim=1))
         return self.head(x)
 

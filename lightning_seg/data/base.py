@@ -4,6 +4,11 @@ A dataset subclasses :class:`SegmentationDataModule` and supplies three things: 
 channel count, :meth:`~SegmentationDataModule.fold_ids` (train/val/test ids of the configured fold) and
 :meth:`~SegmentationDataModule.load_sample` (one image and its mask, as NumPy arrays). Everything else
 (subsets, transforms, tensors, loaders) is shared.
+
+Ids are strings, so a dataset can encode views of an image in them (``"07/tile03"``, ``"07/crop2"``);
+:meth:`~SegmentationDataModule.sample_group` then names the image, so that ``train_fraction`` draws whole
+images. Random augmentations are seeded from torch's random generator, one draw per sample, so
+``lightning.seed_everything`` and the DataLoader's per-worker seeds make them reproducible.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ Sample = tuple[np.ndarray, np.ndarray]
 class SegmentationDataset(Dataset):
     """Samples ``ids`` through ``load`` and an optional albumentations ``transform``.
 
-    Items are dicts with ``image`` (float32 C×H×W), ``mask`` (int64 H×W) and ``id``.
+    Items are dicts with ``image`` (float32 C×H×W), ``mask`` (int64 H×W) and ``id``. Before each sample the
+    transform is reseeded with a number drawn from torch's global generator: albumentations (≥ 1.4.21)
+    keeps its own generator, which ``seed_everything`` and the worker seeds would otherwise not reach.
     """
 
     def __init__(self, ids: Sequence[str], load: Callable[[str], Sample], transform: A.BasicTransform | None = None):
@@ -40,6 +47,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, mask = self.load(self.ids[index])
         if self.transform is not None:
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
@@ -87,7 +96,9 @@ class SegmentationDataModule(L.LightningDataModule):
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"train_fraction must lie in (0, 1], got {train_fraction}")
         if 0 <= ignore_index < self.num_classes:
-            raise ValueError(f"ignore_index={ignore_index} collides with a class index (num_classes={self.num_classes})")
+            raise ValueError(
+                f"ignore_index={ignore_index} collides with a class index (num_classes={self.num_classes})"
+            )
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.fold = fold
@@ -113,6 +124,10 @@ class SegmentationDataModule(L.LightningDataModule):
         """Image (H×W×C float32 in [0, 1]) and mask (H×W int64, classes and ``ignore_index``) of one id."""
         raise NotImplementedError
 
+    def sample_group(self, sample_id: str) -> str:
+        """The unit that ``train_fraction`` draws: the id itself, or e.g. the image an id crops."""
+        return sample_id
+
     def train_transform(self) -> A.BasicTransform | None:
         if not self.augment:
             return None
@@ -123,7 +138,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def split_ids(self) -> Fold:
         """The fold's ids with the training set reduced to ``train_fraction``."""
         ids = self.fold_ids()
-        return {**ids, "train": subset(ids["train"], self.train_fraction, self.subset_seed)}
+        groups = [self.sample_group(i) for i in ids["train"]]
+        return {**ids, "train": subset(ids["train"], self.train_fraction, self.subset_seed, groups=groups)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -38,7 +38,7 @@ def make_folds(
     if len(groups) != len(ids):
         raise ValueError(f"got {len(groups)} groups for {len(ids)} ids")
     members: dict[str, list[str]] = {}
-    for sample_id, group in zip(ids, groups):
+    for sample_id, group in zip(ids, groups, strict=True):
         members.setdefault(group, []).append(sample_id)
     if not 2 <= num_folds <= len(members):
         raise ValueError(f"num_folds must lie in [2, {len(members)}] (the number of groups), got {num_folds}")
@@ -55,14 +55,19 @@ def make_folds(
             val.append(rest[len(val)])
             n += len(members[val[-1]])
         train = rest[len(val) :]
-        folds.append({name: sorted(i for g in part for i in members[g]) for name, part in zip(SPLITS, (train, val, test))})
+        folds.append(
+            {
+                name: sorted(i for g in part for i in members[g])
+                for name, part in zip(SPLITS, (train, val, test), strict=True)
+            }
+        )
     return folds
 
 
 def check_folds(folds: Sequence[Fold], ids: Sequence[str], groups: Sequence[str] | None = None) -> None:
     """Raise ``ValueError`` unless every fold is disjoint, covers ``ids``, keeps groups whole, and tests partition ``ids``."""
     universe = set(ids)
-    group_of = dict(zip(ids, groups if groups is not None else ids))
+    group_of = dict(zip(ids, groups if groups is not None else ids, strict=True))
     tested: list[str] = []
     for k, fold in enumerate(folds):
         if set(fold) != set(SPLITS):
@@ -72,7 +77,9 @@ def check_folds(folds: Sequence[Fold], ids: Sequence[str], groups: Sequence[str]
             raise ValueError(f"fold {k}: train, val and test overlap")
         if set().union(*parts) != universe:
             missing, extra = universe - set().union(*parts), set().union(*parts) - universe
-            raise ValueError(f"fold {k} does not cover the data: missing {sorted(missing)[:5]}, unknown {sorted(extra)[:5]}")
+            raise ValueError(
+                f"fold {k} does not cover the data: missing {sorted(missing)[:5]}, unknown {sorted(extra)[:5]}"
+            )
         for a in range(3):
             for b in range(a + 1, 3):
                 shared = {group_of[i] for i in parts[a]} & {group_of[i] for i in parts[b]}
@@ -99,14 +106,21 @@ def load_fold(path: str | Path, fold: int) -> Fold:
     return folds[fold]
 
 
-def subset(ids: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
+def subset(ids: Sequence[str], fraction: float, seed: int = 0, groups: Sequence[str] | None = None) -> list[str]:
     """A ``fraction`` of ``ids`` (at least one), drawn with a fixed seed and nested across fractions.
 
     The ids are shuffled once by ``seed`` and the first ``round(fraction · n)`` kept, so the 1/8 subset
-    lies inside the 1/4 subset, which lies inside the 1/2 subset.
+    lies inside the 1/4 subset, which lies inside the 1/2 subset. With ``groups`` (one per id) the draw
+    is over whole groups instead, ``round(fraction · number of groups)`` of them with all their ids, e.g.
+    an image and the several crops taken from it; ``groups=None`` is the same as one group per id.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"train_fraction must lie in (0, 1], got {fraction}")
-    order = sorted(ids)
+    ids = list(ids)
+    groups = ids if groups is None else list(groups)
+    if len(groups) != len(ids):
+        raise ValueError(f"got {len(groups)} groups for {len(ids)} ids")
+    order = sorted(set(groups))
     np.random.default_rng(seed).shuffle(order)
-    return sorted(order[: max(1, round(fraction * len(order)))])
+    kept = set(order[: max(1, round(fraction * len(order)))])
+    return sorted(i for i, g in zip(ids, groups, strict=True) if g in kept)

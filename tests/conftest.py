@@ -29,3 +29,14 @@ def require_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny tensors: one intra-op thread is several times faster on a loaded 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

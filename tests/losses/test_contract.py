@@ -15,13 +15,7 @@ PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
 ALL_LOSSES = sorted(LOSSES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead; restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(name, **kw):

@@ -54,13 +54,7 @@ PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
 OVERFIT_KWARGS = {"boundary": {"region_weight": 1.0, "alpha": 0.01}, "hausdorff_dt": {"dice_weight": 10.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one intra-op thread is faster and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------

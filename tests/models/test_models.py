@@ -35,17 +35,7 @@ SMALL: dict[str, dict] = {
 STRIDE = {"unet": 16, "transunet": 16, "convformer_unet": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run this module's small CPU workloads on one thread.
-
-    These tensors are tiny; with intra-op threads the run is dominated by thread synchronisation, and when
-    other processes share the (2-core) machine it becomes many times slower. Restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def n_params(model: nn.Module) -> int:

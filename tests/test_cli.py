@@ -108,3 +108,19 @@ def test_bad_loss_name_is_reported(tmp_path):
     args = compose("base.yaml", "data/synthetic.yaml")
     with pytest.raises(ValueError, match="unknown loss 'focal_typo'"):
         build_cli([*args, "--model.init_args.loss=focal_typo", f"--trainer.default_root_dir={tmp_path}"], run=False)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "losses").glob("*.yaml")))
+def test_every_loss_config_runs_a_training_step(config, tmp_path):
+    args = compose("base.yaml", "data/synthetic.yaml", f"losses/{config}")
+    cli = build_cli(
+        [
+            "fit",
+            *args,
+            "--trainer.fast_dev_run=2",
+            "--data.init_args.image_size=32",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert cli.model.loss.name == config.removesuffix(".yaml")

@@ -81,7 +81,7 @@ class SegmentationCLI(LightningCLI):
             if isinstance(trainer.logger, list)
             else [trainer.logger]
         )
-        meta = run_metadata(run_dir(config))
+        meta = run_metadata(run_dir(config)) if any(lg.class_path.endswith("WandbLogger") for lg in loggers) else {}
         for logger in loggers:
             init_args = logger.get("init_args")
             if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:

@@ -49,7 +49,9 @@ def image_to_rgb(image: np.ndarray) -> np.ndarray:
     return (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
-def overlay_strip(image: np.ndarray, target: np.ndarray, pred: np.ndarray, ignore_index: int | None = 255) -> np.ndarray:
+def overlay_strip(
+    image: np.ndarray, target: np.ndarray, pred: np.ndarray, ignore_index: int | None = 255
+) -> np.ndarray:
     """One sample as H×(3W+2·gap)×3 uint8: image | ground truth | prediction, separated by white gaps."""
     gap = np.full((image.shape[1], 2, 3), 255, dtype=np.uint8)
     panels = [image_to_rgb(image), colourise(target, ignore_index), colourise(pred, None)]
@@ -102,7 +104,7 @@ class PredictionOverlays(Callback):
         ignore_index = getattr(pl_module.hparams, "ignore_index", 255) if hasattr(pl_module, "hparams") else 255
         strips = [
             overlay_strip(i.float().cpu().numpy(), m.cpu().numpy(), p.cpu().numpy(), ignore_index)
-            for i, m, p in zip(images, masks, preds)
+            for i, m, p in zip(images, masks, preds, strict=True)
         ]
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "overlays" / f"epoch{trainer.current_epoch:03d}.png"
@@ -110,7 +112,9 @@ class PredictionOverlays(Callback):
             gap = np.full((2, strips[0].shape[1], 3), 255, dtype=np.uint8)
             rows = [x for strip in strips for x in (strip, gap)][:-1]
             Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-        captions = [f"epoch {trainer.current_epoch}, sample {i}: image | ground truth | prediction" for i in range(len(strips))]
+        captions = [
+            f"epoch {trainer.current_epoch}, sample {i}: image | ground truth | prediction" for i in range(len(strips))
+        ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.key, images=strips, caption=captions, step=trainer.global_step)

@@ -1,0 +1,57 @@
+"""Every notebook runs top to bottom, in a fresh kernel of this interpreter, in an empty working directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+KERNEL = "lightning-seg-test"
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """A kernel spec running ``sys.executable``, in a temporary JUPYTER_PATH (nothing installed for the user)."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return KERNEL
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == ["gradients", "quickstart", "results"]
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gradients", "results"])
+def test_notebook_runs(name, kernel, tmp_path):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    # Raises CellExecutionError on the first cell that errors.
+    NotebookClient(nb, kernel_name=kernel, timeout=120, resources={"metadata": {"path": str(workdir)}}).execute()
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    assert not errors
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "colab" in nb.cells[0].source.lower()
+    assert "google.colab" in nb.cells[1].source
+    if name == "quickstart":
+        assert (workdir / "runs/synthetic/unet/ce/fold0_frac1_seed0/checkpoints/best.json").is_file()
+        assert (workdir / "runs/synthetic/unet/caml/fold0_frac1_seed0/checkpoints/best.json").is_file()
+        assert "mIoU" in text
+    elif name == "gradients":
+        assert "all checks passed" in text
+        assert (workdir / "figures/gradients.png").is_file()
+    else:
+        assert "caml   " in text and " ± " in text
+        assert (workdir / "plots/synthetic_unet_frac1.png").is_file()
+    images = [
+        o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})
+    ]
+    assert images, "every notebook shows a figure"

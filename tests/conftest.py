@@ -40,3 +40,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _finish_wandb_run():
+    """Finish any W&B run a test left open: Lightning's WandbLogger reuses an active run (as W&B sweeps
+    need), so without this a later test's logger would write into an earlier test's run."""
+    yield
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish()

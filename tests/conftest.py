@@ -16,6 +16,24 @@ def _no_wandb_credentials(monkeypatch, tmp_path):
 
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+#: CLI overrides that shrink a run on the synthetic data to seconds on a CPU.
+SMALL_RUN = [
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=1",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.num_images=20",
+    "--data.init_args.image_size=32",
+]
+
+
+def compose(*names: str) -> list[str]:
+    """``--config`` arguments for config files under configs/, in order."""
+    return [arg for name in names for arg in ("--config", str(CONFIGS / name))]
+
+
 #: The real datasets: $LIGHTNING_SEG_DATA, else the shared copies beside the checkout (where CI has them).
 DATA_DIR = Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data").resolve()
 

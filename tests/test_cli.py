@@ -7,23 +7,9 @@ import pytest
 import torch
 
 from lightning_seg.cli import build_cli, run_dir
+from tests.conftest import CONFIGS, SMALL_RUN, compose
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
-SMALL = [
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=1",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-    "--data.init_args.num_images=20",
-    "--data.init_args.image_size=32",
-]
-
-
-def compose(*names: str) -> list[str]:
-    return [arg for name in names for arg in ("--config", str(CONFIGS / name))]
 
 
 def read_metrics(root: Path) -> list[dict[str, str]]:
@@ -36,7 +22,7 @@ def read_metrics(root: Path) -> list[dict[str, str]]:
 def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     args = compose("base.yaml", "data/synthetic.yaml", f"losses/{loss}.yaml")
     root = tmp_path / "run"
-    build_cli(["fit", *args, *SMALL, f"--trainer.default_root_dir={root}"])
+    build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}"])
 
     best = root / "checkpoints" / "best.json"
     assert best.is_file()
@@ -54,7 +40,7 @@ def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     assert any(r.get("val/miou") for r in rows)
 
     # A separate invocation, as from a new shell, finds the best checkpoint of the fit above.
-    cli = build_cli(["test", *args, *SMALL, f"--trainer.default_root_dir={root}", "--ckpt_path=best"])
+    cli = build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", "--ckpt_path=best"])
     metrics = cli.trainer.callback_metrics
     names = ("background", "region", "curve", "blob")
     per_class = torch.stack([metrics[f"test/iou_{n}"] for n in names])
@@ -84,12 +70,12 @@ def test_data_attributes_are_linked_into_the_model(tmp_path):
 def test_test_best_without_a_fit_explains(tmp_path):
     args = compose("base.yaml", "data/synthetic.yaml")
     with pytest.raises(FileNotFoundError, match="run `lightning-seg fit` with the same config"):
-        build_cli(["test", *args, *SMALL, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best"])
+        build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best"])
 
 
 def test_demo_config_fits_and_tests(tmp_path):
     root = tmp_path / "demo"
-    cli = build_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), *SMALL, f"--trainer.default_root_dir={root}"])
+    cli = build_cli(["fit", "--config", str(CONFIGS / "demo.yaml"), *SMALL_RUN, f"--trainer.default_root_dir={root}"])
     assert "test/miou" in cli.trainer.callback_metrics
     assert "test/iou_curve" in cli.trainer.callback_metrics
 
@@ -97,7 +83,7 @@ def test_demo_config_fits_and_tests(tmp_path):
 def test_wandb_logger_runs_offline_without_key(tmp_path):
     root = tmp_path / "wb"
     args = compose("base.yaml", "data/synthetic.yaml", "loggers/wandb.yaml")
-    cli = build_cli(["fit", *args, *SMALL, "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"])
+    cli = build_cli(["fit", *args, *SMALL_RUN, "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}"])
     kinds = [type(logger).__name__ for logger in cli.trainer.loggers]
     assert kinds == ["CSVLogger", "WandbLogger"]
     assert cli.trainer.loggers[1]._offline

@@ -12,26 +12,9 @@ from PIL import Image
 
 from lightning_seg import figures, plots
 from lightning_seg.cli import build_cli
+from tests.conftest import CONFIGS, SMALL_RUN, compose
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-TINY = [
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-    "--data.init_args.num_images=20",
-    "--data.init_args.image_size=32",
-]
-DATA_ARGS = [
-    "--config",
-    str(CONFIGS / "base.yaml"),
-    "--config",
-    str(CONFIGS / "data/synthetic.yaml"),
-    "--data.init_args.num_images=20",
-    "--data.init_args.image_size=32",
-]
+DATA_ARGS = [*compose("base.yaml", "data/synthetic.yaml"), *SMALL_RUN[-2:]]
 PS = np.linspace(0.01, 0.99, 25)
 
 
@@ -109,7 +92,9 @@ def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for loss in ("ce", "caml"):
         run = root / "synthetic" / "unet" / loss / "fold0_frac1_seed0"
-        build_cli(["fit", *DATA_ARGS, *TINY, f"--model.init_args.loss={loss}", f"--trainer.default_root_dir={run}"])
+        build_cli(
+            ["fit", *DATA_ARGS, *SMALL_RUN, f"--model.init_args.loss={loss}", f"--trainer.default_root_dir={run}"]
+        )
     return root
 
 
@@ -162,7 +147,8 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     ]
     series = plots.read_metrics(runs_root / "synthetic/unet/ce/fold0_frac1_seed0/logs/version_0/metrics.csv")
     assert {m for m, _ in plots.PANELS} <= set(series)
-    assert len(series["train/p_bar"]) == 4 and sorted(series["val/miou"]) == [0, 1]
+    # One row per training step: 2 epochs × 3 batches under SMALL_RUN.
+    assert len(series["train/p_bar"]) == 2 * 3 and sorted(series["val/miou"]) == [0, 1]
 
     paths = plots.main(["compare", str(runs_root), "--out", str(tmp_path / "plots")])
     assert sorted(p.name for p in paths) == ["synthetic_unet_frac0.5.png", "synthetic_unet_frac1.png"]

@@ -16,18 +16,8 @@ from lightning_seg.callbacks import PredictionOverlays
 from lightning_seg.callbacks.overlays import PALETTE, colourise, overlay_strip
 from lightning_seg.cli import build_cli
 from lightning_seg.loggers import WandbLogger, run_group, run_metadata, run_name
+from tests.conftest import CONFIGS, SMALL_RUN
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-SMALL = [
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=1",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-    "--data.init_args.num_images=20",
-    "--data.init_args.image_size=32",
-]
 LOSS_PARTS = ["train/p_bar", "train/dice_coef", "train/alpha", "train/ce", "train/dice_loss"]
 
 
@@ -66,7 +56,7 @@ def wandb_run(tmp_path_factory):
             for name in ("base.yaml", "data/synthetic.yaml", "loggers/wandb.yaml")
             for arg in ("--config", str(CONFIGS / name))
         ),
-        *SMALL,
+        *SMALL_RUN,
         "--model.init_args.loss=ml",
         f"--trainer.default_root_dir={root}",
     ]

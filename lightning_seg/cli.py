@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 from .data import SegmentationDataModule
-from .loggers import run_group, run_metadata, run_name
+from .loggers import run_group, run_name
 from .module import SegmentationModule
 
 
@@ -38,19 +38,29 @@ def _label(spec) -> str:
     return "_".join([name, *changed])
 
 
-def run_dir(config: Namespace) -> Path:
-    """``runs/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>``: one folder per run, derived from its config."""
+def run_keys(config: Namespace) -> dict:
+    """``dataset, model, loss, fraction, fold, seed`` of a run, from its config: the keys dashboards group by."""
     data_cls = config.data.class_path.rsplit(".", 1)[-1]
-    data = data_cls.removesuffix("DataModule").lower() or data_cls.lower()
     data_args = config.data.init_args
     model_args = config.model.init_args
-    return (
-        Path("runs")
-        / data
-        / model_args.model
-        / _label(model_args.loss)
-        / f"fold{data_args.fold}_frac{data_args.train_fraction:g}_seed{config.seed_everything}"
-    )
+    return {
+        "dataset": data_cls.removesuffix("DataModule").lower() or data_cls.lower(),
+        "model": model_args.model,
+        "loss": _label(model_args.loss),
+        "fraction": float(data_args.train_fraction),
+        "fold": int(data_args.fold),
+        "seed": config.seed_everything,
+    }
+
+
+def run_dir(config: Namespace) -> Path:
+    """``runs/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>``: one folder per run, derived from its config.
+
+    :func:`lightning_seg.loggers.run_metadata` reads the same keys back from such a folder.
+    """
+    keys = run_keys(config)
+    leaf = f"fold{keys['fold']}_frac{keys['fraction']:g}_seed{keys['seed']}"
+    return Path("runs") / keys["dataset"] / keys["model"] / keys["loss"] / leaf
 
 
 class SegmentationCLI(LightningCLI):
@@ -66,8 +76,13 @@ class SegmentationCLI(LightningCLI):
         for attribute in ("num_classes", "in_channels", "class_names", "ignore_index"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
 
+    @property
+    def active_config(self) -> Namespace:
+        """The parsed config of the subcommand being run (the whole config without subcommands)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.active_config
         trainer = config.trainer
         if trainer.default_root_dir is None:
             trainer.default_root_dir = str(run_dir(config))
@@ -81,7 +96,7 @@ class SegmentationCLI(LightningCLI):
             if isinstance(trainer.logger, list)
             else [trainer.logger]
         )
-        meta = run_metadata(run_dir(config)) if any(lg.class_path.endswith("WandbLogger") for lg in loggers) else {}
+        keys = run_keys(config)
         for logger in loggers:
             init_args = logger.get("init_args")
             if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
@@ -89,9 +104,9 @@ class SegmentationCLI(LightningCLI):
             if logger.class_path.endswith("WandbLogger") and init_args is not None:
                 # W&B names from the run directory, unless the config chose its own.
                 if init_args.get("name") is None:
-                    init_args.name = run_name(meta)
+                    init_args.name = run_name(keys)
                 if "group" in init_args and init_args.group is None:
-                    init_args.group = run_group(meta)
+                    init_args.group = run_group(keys)
         if not any(logger.class_path.endswith(".CSVLogger") for logger in loggers):
             csv = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
@@ -101,14 +116,14 @@ class SegmentationCLI(LightningCLI):
         trainer.logger = loggers
 
     def log_config_to_wandb(self) -> None:
-        """Put the resolved config (key ``cli``) and the run keys (:func:`run_metadata`) into every W&B run."""
+        """Put the resolved config (key ``cli``) and the run keys (:func:`run_keys`) into every W&B run."""
         wandb_loggers = [lg for lg in self.trainer.loggers if isinstance(lg, _LightningWandbLogger)]
         if not wandb_loggers:
             return
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self.active_config
         parser = self._parser(self.subcommand) if self.subcommand else self.parser
         resolved = yaml.safe_load(parser.dump(config, skip_none=False))
-        run_config = {**run_metadata(run_dir(config)), "cli": resolved}
+        run_config = {**run_keys(config), "cli": resolved}
         for logger in wandb_loggers:
             if hasattr(logger, "set_run_config"):
                 logger.set_run_config(run_config)
@@ -130,7 +145,7 @@ class SegmentationCLI(LightningCLI):
     before_validate = before_test
 
     def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit"):
+        if self.active_config.get("test_after_fit"):
             ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 

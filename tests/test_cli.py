@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_seg.cli import build_cli, run_dir
+from lightning_seg.cli import build_cli, run_dir, run_keys
+from lightning_seg.loggers import run_metadata
 from tests.conftest import CONFIGS, SMALL_RUN, compose
 
 PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
@@ -57,6 +58,19 @@ def test_run_dir_follows_config(tmp_path, monkeypatch):
     expected = Path("runs/synthetic/unet/additive_lam=0.3/fold0_frac0.25_seed0")
     assert Path(cli.trainer.default_root_dir) == expected
     assert run_dir(cli.config) == expected
+    # The folder and the keys dashboards group by agree: the keys read back from the folder are the config's.
+    assert (
+        run_metadata(expected)
+        == run_keys(cli.config)
+        == {
+            "dataset": "synthetic",
+            "model": "unet",
+            "loss": "additive_lam=0.3",
+            "fraction": 0.25,
+            "fold": 0,
+            "seed": 0,
+        }
+    )
 
 
 def test_data_attributes_are_linked_into_the_model(tmp_path):

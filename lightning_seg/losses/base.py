@@ -13,7 +13,7 @@ mean true-class probability) and stores detached :class:`LossParts` on the modul
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal, TypeVar
 
 import torch
@@ -177,14 +177,7 @@ class LossParts:
     alpha: Tensor
 
     def as_dict(self) -> dict[str, Tensor]:
-        return {
-            "loss": self.loss,
-            "ce": self.ce,
-            "dice_loss": self.dice_loss,
-            "p_bar": self.p_bar,
-            "dice_coef": self.dice_coef,
-            "alpha": self.alpha,
-        }
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 class SegmentationLoss(nn.Module):

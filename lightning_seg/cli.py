@@ -7,8 +7,14 @@ lives in ``trainer.default_root_dir``: checkpoints, ``best.json``, CSV logs and 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import inspect
+import json
+import math
+import os
+import signal
+import sys
 from pathlib import Path
 
 import yaml
@@ -75,6 +81,14 @@ class SegmentationCLI(LightningCLI):
         )
         for attribute in ("num_classes", "in_channels", "class_names", "ignore_index"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config as given when ``--ckpt_path`` names a file (resuming a fit, testing a checkpoint).
+
+        LightningCLI would re-parse the model from the checkpoint's hyperparameters, which resets every
+        argument the module does not save (the loss, the optimiser) to its default: a resumed ML run would go
+        on as CAML. Here the config, not the checkpoint, is the record of a run.
+        """
 
     @property
     def active_config(self) -> Namespace:
@@ -148,6 +162,31 @@ class SegmentationCLI(LightningCLI):
         if self.active_config.get("test_after_fit"):
             ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self.after_test()
+
+    def after_test(self) -> None:
+        write_test_metrics(self.trainer, run_keys(self.active_config))
+
+
+TEST_METRICS = "test_metrics.json"
+
+
+def write_test_metrics(trainer, keys: dict) -> Path:
+    """Write the ``test/`` metrics of the last test, the run keys and the checkpoint tested to
+    ``<default_root_dir>/test_metrics.json``, atomically: the record that grids and aggregation read."""
+    # NaN (a class absent from prediction and target) as null, so that the file is strict JSON.
+    metrics = {
+        k: None if math.isnan(float(v)) else float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("test/")
+    }
+    record = {"keys": keys, "metrics": metrics, "ckpt_path": trainer.ckpt_path, "epochs": trainer.current_epoch}
+    path = Path(trainer.default_root_dir) / TEST_METRICS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SegmentationCLI:
@@ -164,7 +203,22 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SegmentationCL
     )
 
 
+PARENT_PID_VARIABLE = "LIGHTNING_SEG_PARENT_PID"
+
+
+def end_with_parent() -> None:
+    """When started by a grid (``LIGHTNING_SEG_PARENT_PID`` set), end on SIGTERM once that process dies, even
+    by SIGKILL, so that a killed grid leaves no run behind to race its resumed copy. Linux only (prctl)."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent died before the line above
+        sys.exit(f"{PARENT_PID_VARIABLE}={parent} is gone; not starting")
+
+
 def main() -> None:
+    end_with_parent()
     build_cli()
 
 

@@ -1,12 +1,13 @@
 """The CLI end to end on real configs: fit, test --ckpt_path best from a second process-like call, logs."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_seg.cli import build_cli, run_dir, run_keys
+from lightning_seg.cli import TEST_METRICS, build_cli, run_dir, run_keys
 from lightning_seg.loggers import run_metadata
 from tests.conftest import CONFIGS, SMALL_RUN, compose
 
@@ -47,6 +48,25 @@ def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     per_class = torch.stack([metrics[f"test/iou_{n}"] for n in names])
     assert torch.isfinite(metrics["test/miou"])
     assert metrics["test/miou"] == pytest.approx(per_class.nanmean().item())
+    # ... and leaves its metrics beside the run, for grids and aggregation
+    record = json.loads((root / TEST_METRICS).read_text())
+    assert record["keys"] == run_keys(cli.config.test)
+    assert record["metrics"]["test/miou"] == pytest.approx(metrics["test/miou"].item())
+    assert record["ckpt_path"] == json.loads(best.read_text())["best_model_path"]
+
+
+def test_a_checkpoint_path_does_not_override_the_config(tmp_path):
+    """Resuming or testing from a checkpoint file keeps the config's loss and its arguments."""
+    args = [
+        *compose("base.yaml", "data/synthetic.yaml", "losses/additive.yaml"),
+        "--model.init_args.loss.init_args.lam=0.3",
+    ]
+    root = tmp_path / "run"
+    build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}"])
+    last = root / "checkpoints" / "last.ckpt"
+    cli = build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"])
+    assert type(cli.model.loss).__name__ == "Additive" and cli.model.loss.lam == 0.3
+    assert json.loads((root / TEST_METRICS).read_text())["ckpt_path"] == str(last)
 
 
 def test_run_dir_follows_config(tmp_path, monkeypatch):

@@ -1,0 +1,121 @@
+"""Aggregation: mean ± std and Wilcoxon p-values against hand-computed values, files in the paper's layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lightning_seg.grid.aggregate import aggregate, collect, load_paper_tables, paired_tests, summarize
+from lightning_seg.grid.cli import main as grid_main
+from lightning_seg.grid.execute import RESULT
+
+
+def write_result(root: Path, loss: str, fold: int, seed: int, miou: float, ious: dict, **keys) -> None:
+    keys = {"dataset": "chase", "model": "unet", "loss": loss, "fraction": 1.0, "fold": fold, "seed": seed, **keys}
+    metrics = {"test/loss": 0.1, "test/miou": miou, **{f"test/iou_{name}": v for name, v in ious.items()}}
+    folder = root / keys["dataset"] / keys["model"] / loss / f"fold{fold}_frac{keys['fraction']:g}_seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics}))
+
+
+#: test mIoU (fractions) of 5 paired runs (fold f, seed 0); CAML - CE differences: +1, -2, +3, +4, +5 (in %)
+CE = [0.60, 0.62, 0.58, 0.61, 0.59]
+CAML = [0.61, 0.60, 0.61, 0.65, 0.64]
+
+
+@pytest.fixture
+def grid_root(tmp_path) -> Path:
+    for fold, (ce, caml) in enumerate(zip(CE, CAML, strict=True)):
+        write_result(tmp_path, "ce", fold, 0, ce, {"background": 0.9, "retinal vessel": 2 * ce - 0.9})
+        write_result(tmp_path, "caml", fold, 0, caml, {"background": 0.9, "retinal vessel": 2 * caml - 0.9})
+        # ML beats CE on every pair: +1 % each
+        write_result(tmp_path, "ml", fold, 0, ce + 0.01, {"background": 0.9, "retinal vessel": None})
+    return tmp_path
+
+
+def test_mean_and_sample_std_per_group_in_percent(grid_root):
+    summaries = {s.group[3]: s for s in summarize(collect(grid_root))}
+    assert list(summaries) == ["ce", "ml", "caml"]  # the paper's row order
+    mean, std = summaries["ce"].mean_std("miou")
+    assert mean == pytest.approx(60.0)
+    # sample std of 60, 62, 58, 61, 59: squares 0 + 4 + 4 + 1 + 1 = 10, / 4 = 2.5
+    assert std == pytest.approx(math.sqrt(2.5))
+    assert summaries["ce"].n == 5
+    assert summaries["caml"].mean_std("iou_retinal vessel")[0] == pytest.approx(2 * 62.2 - 90)
+    # a class absent in every run (null IoU) has no mean, rather than a made-up 0
+    assert all(math.isnan(v) for v in summaries["ml"].mean_std("iou_retinal vessel"))
+
+
+def test_wilcoxon_p_values_match_the_exact_distribution(grid_root):
+    tests = {(r["loss"], r["baseline"]): r for r in paired_tests(collect(grid_root))}
+    assert set(tests) == {("ml", "ce"), ("caml", "ce")}  # candidates against baselines only
+    # ML - CE = +1 on all 5 pairs: W- = 0, P(W <= 0) = 1/32 for n = 5, two-sided 2/32
+    assert tests["ml", "ce"]["p_value"] == pytest.approx(2 / 32)
+    assert tests["ml", "ce"]["mean_diff"] == pytest.approx(1.0)
+    # CAML - CE = +1, -2, +3, +4, +5: ranks 1..5, W- = 2; subsets of {1..5} with rank sum <= 2: {}, {1}, {2}
+    assert tests["caml", "ce"]["statistic"] == 2
+    assert tests["caml", "ce"]["p_value"] == pytest.approx(2 * 3 / 32)
+    assert tests["caml", "ce"]["n_pairs"] == 5 and tests["caml", "ce"]["mean_diff"] == pytest.approx(2.2)
+
+
+def test_runs_are_paired_by_fold_and_seed_and_identical_runs_give_no_p(tmp_path):
+    for fold in range(3):
+        write_result(tmp_path, "ce", fold, 0, 0.5, {})
+        write_result(tmp_path, "ml", fold, 0, 0.5, {})
+    write_result(tmp_path, "ml", 3, 0, 0.9, {})  # no CE partner: left out of the pairs
+    (row,) = paired_tests(collect(tmp_path))
+    assert row["n_pairs"] == 3 and row["mean_diff"] == 0 and math.isnan(row["p_value"])
+
+
+def test_groups_never_mix_datasets_models_or_fractions(tmp_path):
+    write_result(tmp_path, "ce", 0, 0, 0.5, {})
+    write_result(tmp_path, "ml", 0, 0, 0.6, {}, fraction=0.25)
+    write_result(tmp_path, "ml", 0, 0, 0.6, {}, model="transunet")
+    assert paired_tests(collect(tmp_path)) == []  # ML has no baseline in its own group
+    groups = [s.group for s in summarize(collect(tmp_path))]
+    assert groups == [("chase", "unet", 1.0, "ce"), ("chase", "unet", 0.25, "ml"), ("chase", "transunet", 1.0, "ml")]
+
+
+def test_files_in_the_papers_layout_beside_the_papers_numbers(grid_root, tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert grid_main(["aggregate", str(grid_root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    markdown = (out / "results.md").read_text()
+    assert markdown in printed
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    assert header == "| model | fraction | loss | n | mIoU | background | retinal vessel | p vs baseline (Δ mIoU) |"
+    ce_row = lines.index(next(line for line in lines if line.startswith("| unet | 1 | ce |")))
+    assert lines[ce_row] == "| unet | 1 | ce | 5 | 60.00 ± 1.58 | 90.00 ± 0.00 | 30.00 ± 3.16 |  |"
+    # Table 2, U-Net full data, CE: 60.13±1.51, background 93.53±0.30, vessel 26.66±2.87
+    assert lines[ce_row + 1] == "|  |  | *paper* |  | *60.13 ± 1.51* | *93.53 ± 0.30* | *26.66 ± 2.87* |  |"
+    assert "| unet | 1 | ml | 5 | 61.00 ± 1.58 | 90.00 ± 0.00 | – | ce 0.0625 (+1.00) |" in lines
+
+    with open(out / "summary.csv", newline="") as handle:
+        rows = {(r["loss"], r["metric"]): r for r in csv.DictReader(handle)}
+    assert float(rows["caml", "miou"]["mean"]) == pytest.approx(62.2)
+    assert float(rows["caml", "miou"]["paper_mean"]) == 63.00 and float(rows["caml", "miou"]["paper_std"]) == 1.40
+    with open(out / "wilcoxon.csv", newline="") as handle:
+        tests = list(csv.DictReader(handle))
+    assert [(t["loss"], t["baseline"], float(t["p_value"])) for t in tests] == [
+        ("ml", "ce", 0.0625),
+        ("caml", "ce", 0.1875),
+    ]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_paper_tables_load_keyed_like_the_grid():
+    paper = load_paper_tables()
+    assert paper["covid19", "unet", 0.125, "caml", "miou"] == (38.06, 0.41)
+    assert paper["drosophila", "unet", 1.0, "additive_0.7", "iou_synapse"] == (39.60, 1.00)
+
+
+def test_nothing_to_aggregate_is_an_error(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no result.json under"):
+        aggregate(tmp_path)
+    assert grid_main(["aggregate", str(tmp_path)]) == 2
+    assert "run the grid first" in capsys.readouterr().err

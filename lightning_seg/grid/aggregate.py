@@ -52,9 +52,12 @@ def group_order(group: Group) -> tuple:
 
 
 def collect(root: Path) -> list[dict]:
-    """Every run result under ``root``, in a stable order."""
+    """Every run result under ``root`` (``<data>/<model>/<loss>/<run>/result.json``), in a stable order.
+
+    Exactly four levels deep: Ray Tune keeps files of the same name in its trial folders under ``root/ray``.
+    """
     results = []
-    for path in sorted(Path(root).rglob(RESULT)):
+    for path in sorted(Path(root).glob(f"*/*/*/*/{RESULT}")):
         record = json.loads(path.read_text())
         if "keys" not in record or "metrics" not in record:
             raise ValueError(f"{path} is not a grid result (no 'keys' or 'metrics')")

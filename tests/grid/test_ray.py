@@ -8,6 +8,7 @@ import pytest
 import ray
 
 from lightning_seg.grid import Grid, run_status
+from lightning_seg.grid.aggregate import collect, summarize
 from lightning_seg.grid.cli import main as grid_main
 from lightning_seg.grid.execute import RESULT
 from lightning_seg.grid.ray_backend import run_ray
@@ -32,6 +33,9 @@ def test_runs_share_a_gpu_and_write_the_same_results_as_locally(local_ray, tmp_p
         assert result["keys"] == run.keys and "test/miou" in result["metrics"]
         # Ray gave each trial half of logical GPU 0; the run saw it as its CUDA_VISIBLE_DEVICES
         assert result["cuda_visible_devices"] == "0"
+    # Ray's own result.json files in its trial folders are not mistaken for runs
+    assert list((tmp_path / "ray").rglob(RESULT))
+    assert [s.n for s in summarize(collect(tmp_path))] == [2]
     # done runs are not scheduled again
     again = run_ray(runs, tmp_path, gpus_per_run=0.5)
     assert again.done_before == runs and not again.completed

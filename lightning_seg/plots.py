@@ -32,33 +32,31 @@ PANELS: list[tuple[str, str]] = [
 ]
 
 
-def read_metrics(path: str | Path) -> dict[str, dict[int, float]]:
-    """``{metric: {x: value}}`` of a Lightning ``metrics.csv`` (x = step for ``train/*`` panels, epoch for the rest)."""
+def read_metrics(paths: str | Path | Sequence[str | Path]) -> dict[str, dict[int, float]]:
+    """``{metric: {x: value}}`` of one Lightning ``metrics.csv`` or several read in order (a resumed run goes on
+    in ``logs/version_1``, …; later values win). x = step for ``train/*`` panels, epoch for the rest."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
-    with Path(path).open(newline="") as f:
-        for row in csv.DictReader(f):
-            for metric, x_col in PANELS:
-                value = row.get(metric)
-                if value not in (None, "") and row.get(x_col) not in (None, ""):
-                    series[metric][int(float(row[x_col]))] = float(value)
+    for path in [paths] if isinstance(paths, str | Path) else paths:
+        with Path(path).open(newline="") as f:
+            for row in csv.DictReader(f):
+                for metric, x_col in PANELS:
+                    value = row.get(metric)
+                    if value not in (None, "") and row.get(x_col) not in (None, ""):
+                        series[metric][int(float(row[x_col]))] = float(value)
     return dict(series)
 
 
-def find_runs(root: str | Path) -> list[tuple[dict, Path]]:
-    """``(run_metadata, metrics.csv)`` for each run directory under ``root``, its latest CSV version."""
-    latest: dict[Path, tuple[int, Path]] = {}
+def find_runs(root: str | Path) -> list[tuple[dict, list[Path]]]:
+    """``(run_metadata, [metrics.csv of each log version, oldest first])`` for each run directory under ``root``."""
+    versions: dict[Path, list[tuple[int, Path]]] = defaultdict(list)
     for path in Path(root).rglob("logs/version_*/metrics.csv"):
         match = re.fullmatch(r"version_(\d+)", path.parent.name)
-        if match is None:
-            continue
-        run_dir = path.parent.parent.parent
-        version = int(match[1])
-        if run_dir not in latest or version > latest[run_dir][0]:
-            latest[run_dir] = (version, path)
+        if match is not None:
+            versions[path.parent.parent.parent].append((int(match[1]), path))
     runs = []
-    for run_dir, (_, path) in sorted(latest.items()):
+    for run_dir, found in sorted(versions.items()):
         try:
-            runs.append((run_metadata(run_dir), path))
+            runs.append((run_metadata(run_dir), [path for _, path in sorted(found)]))
         except ValueError:
             continue  # not a <data>/<model>/<loss>/fold<k>_frac<f>_seed<s> directory
     return runs
@@ -86,8 +84,8 @@ def compare(root: str | Path, out: str | Path) -> list[Path]:
     cmap = colormaps["tab10" if len(losses) <= 10 else "tab20"]
     colours = {loss: cmap(i % cmap.N) for i, loss in enumerate(losses)}
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for meta, path in runs:
-        groups[run_group(meta)][meta["loss"]].append(read_metrics(path))
+    for meta, csvs in runs:
+        groups[run_group(meta)][meta["loss"]].append(read_metrics(csvs))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

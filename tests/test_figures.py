@@ -149,6 +149,13 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     assert {m for m, _ in plots.PANELS} <= set(series)
     # One row per training step: 2 epochs × 3 batches under SMALL_RUN.
     assert len(series["train/p_bar"]) == 2 * 3 and sorted(series["val/miou"]) == [0, 1]
+    # A resumed run goes on in version_1: its curves join both logs.
+    resumed = runs_root / "synthetic/unet/ml/fold0_frac0.5_seed0/logs"
+    (resumed / "version_1").mkdir()
+    (resumed / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n1,3,0.9\n2,5,0.6\n")
+    (paths,) = [p for m, p in plots.find_runs(runs_root) if m["loss"] == "ml"]
+    assert [p.parent.name for p in paths] == ["version_0", "version_1"]
+    assert plots.read_metrics(paths)["val/miou"] == {0: 0.3, 1: 0.9, 2: 0.6}
 
     paths = plots.main(["compare", str(runs_root), "--out", str(tmp_path / "plots")])
     assert sorted(p.name for p in paths) == ["synthetic_unet_frac0.5.png", "synthetic_unet_frac1.png"]

@@ -49,7 +49,9 @@ def test_notebook_runs(name, kernel, tmp_path):
         assert "all checks passed" in text
         assert (workdir / "figures/gradients.png").is_file()
     else:
-        assert "caml   " in text and " ± " in text
+        summary = (workdir / "runs/grids/synthetic/summary.csv").read_text()
+        assert "synthetic,unet,1.0,caml,miou,3," in summary and "synthetic,unet,1.0,ce,miou,3," in summary
+        assert "| unet | 1 | caml | 3 |" in (workdir / "runs/grids/synthetic/results.md").read_text()
         assert (workdir / "plots/synthetic_unet_frac1.png").is_file()
     images = [
         o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})

@@ -12,6 +12,7 @@ kill carries on where it stopped. Results go to ``runs/grids/<grid name>`` unles
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -53,7 +54,10 @@ def parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    grid_command("list", "print every run of a grid and its state (done / partial / new)")
+    listing = grid_command("list", "print every run of a grid and its state (done / partial / new)")
+    listing.add_argument(
+        "--commands", action="store_true", help="print each run's command line instead (for a scheduler of your own)"
+    )
     run = grid_command("run", "run every run of a grid that is not done")
     run.add_argument("--backend", choices=("local", "ray"), default="local")
     run.add_argument("--gpus", help="local: GPUs to use, '0,1', 'auto' (default) or 'none'")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             state = run_status(out / run.relpath)
             states[state] += 1
-            print(f"{state:8s} {run.relpath}")
+            print(shlex.join(run.command(out / run.relpath)) if args.commands else f"{state:8s} {run.relpath}")
         print(f"{len(runs)} runs in {out}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
         return 0
     if args.backend == "ray":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -231,8 +232,30 @@ def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
     capsys.readouterr()
     assert grid_main(["list", str(grid), "--out", str(out)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"3 runs in {out.resolve()}: 3 done"
+    assert grid_main(["list", str(grid), "--out", str(out), "--commands"]) == 0
+    commands = capsys.readouterr().out.splitlines()[:3]
+    assert [shlex.split(c) for c in commands] == [r.command(out.resolve() / r.relpath) for r in runs]
 
 
 def test_grid_report_summary():
     report = GridReport()
     assert report.ok and report.summary().startswith("0 already done, 0 completed, 0 failed")
+
+
+@pytest.mark.parametrize("dataset", ["covid19", "chase", "drosophila"])
+def test_the_reduced_preset_runs_on_the_real_data(dataset, require_data, tmp_path):
+    """One run per dataset of configs/grids/reduced.yaml, end to end on the real files, cut to a few steps."""
+    cut = [
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_model_summary=false",
+        "data.init_args.num_workers=0",
+        "model.init_args.model_kwargs={base_channels: 4, depth: 2}",
+    ]
+    runs = Grid.load(CONFIGS / "grids" / "reduced.yaml").runs(cut)
+    run = next(r for r in runs if r.data == dataset and r.loss == "caml" and r.fraction < 1)
+    result = execute_run(run, tmp_path, {**CPU, "LIGHTNING_SEG_DATA": str(require_data)})
+    classes = {"covid19": 4, "chase": 2, "drosophila": 5}[dataset]
+    assert len([k for k in result["metrics"] if k.startswith("test/iou_")]) == classes
+    assert result["keys"]["fraction"] == run.fraction and 0 <= result["metrics"]["test/miou"] <= 1

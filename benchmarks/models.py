@@ -59,7 +59,8 @@ HEADER = (
 )
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, per_run: bool = False) -> str:
+    """The GPU's name, or the CPU's with its cores and torch's threads (``per_run``: of each packed run)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = platform.processor() or platform.machine()
@@ -68,7 +69,8 @@ def device_name(device: torch.device) -> str:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU {name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 
 
 def synchronize(device: torch.device) -> None:

@@ -39,7 +39,6 @@ import bisect
 import datetime as dt
 import json
 import os
-import platform
 import select
 import signal
 import statistics
@@ -54,6 +53,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside this script
+from models import device_name  # noqa: E402
 
 from lightning_seg.cli import PARENT_PID_VARIABLE  # noqa: E402
 from lightning_seg.grid.execute import local_slots  # noqa: E402
@@ -126,19 +128,6 @@ def packed_throughput(times: Sequence[Sequence[float]], batch: int, min_overlap:
 
 
 # ------------------------------------------------------------------------------------------------------- worker
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'} per run)"
 
 
 class RandomSegmentation(torch.utils.data.Dataset):
@@ -238,7 +227,7 @@ def worker(args: argparse.Namespace) -> int:
     if len(timer.times) != args.steps + 1:
         raise SystemExit(f"timed {len(timer.times) - 1} steps instead of {args.steps}")
     record = dict(
-        device=device_name(args.device),
+        device=device_name(torch.device(args.device), per_run=True),
         batch=args.batch,
         steps=args.steps,
         warmup_end=timer.times[0],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import importlib
 import inspect
-import json
 import math
 import os
 import signal
@@ -22,6 +21,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
+from .atomic import write_json_atomic
 from .data import SegmentationDataModule
 from .loggers import run_group, run_name
 from .module import SegmentationModule
@@ -181,12 +181,7 @@ def write_test_metrics(trainer, keys: dict) -> Path:
         if k.startswith("test/")
     }
     record = {"keys": keys, "metrics": metrics, "ckpt_path": trainer.ckpt_path, "epochs": trainer.current_epoch}
-    path = Path(trainer.default_root_dir) / TEST_METRICS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(trainer.default_root_dir) / TEST_METRICS, record)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SegmentationCLI:

@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from ..atomic import write_json_atomic
+
 
 class BestCheckpoint(ModelCheckpoint):
     """Saves into ``<trainer.default_root_dir>/checkpoints`` unless ``dirpath`` is given, and records the best.
@@ -36,10 +38,7 @@ class BestCheckpoint(ModelCheckpoint):
                 "monitor": self.monitor,
                 "mode": self.mode,
             }
-            path = Path(self.dirpath) / self.RECORD
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            os.replace(tmp, path)
+            write_json_atomic(Path(self.dirpath) / self.RECORD, record)
 
     def restore_best(self, trainer: L.Trainer) -> str:
         """Set ``best_model_path`` from the record of an earlier run; raise if there is none."""

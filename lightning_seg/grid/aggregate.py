@@ -14,6 +14,7 @@ IoU is in percent, as in the paper. ``std`` is the sample standard deviation (dd
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from scipy import stats
 
+from ..atomic import write_text_atomic
 from .execute import RESULT
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.csv")
@@ -206,12 +208,11 @@ def to_markdown(summaries: Sequence[Summary], tests: Sequence[dict], paper: dict
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def aggregate(root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES) -> dict[str, Path]:
@@ -247,7 +248,5 @@ def aggregate(root: Path, out: Path | None = None, paper_tables: Path | None = P
     files = {"summary": out / "summary.csv", "wilcoxon": out / "wilcoxon.csv", "markdown": out / "results.md"}
     _write_csv(files["summary"], summary_rows)
     _write_csv(files["wilcoxon"], tests)
-    tmp = files["markdown"].with_name(".results.md.tmp")
-    tmp.write_text(to_markdown(summaries, tests, paper))
-    tmp.replace(files["markdown"])
+    write_text_atomic(files["markdown"], to_markdown(summaries, tests, paper))
     return files

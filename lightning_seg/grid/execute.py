@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from ..cli import PARENT_PID_VARIABLE, TEST_METRICS
 from .spec import Run
 
@@ -43,13 +44,6 @@ class RunFailed(RuntimeError):
 
 class RunLocked(RuntimeError):
     """Another process is working on this run."""
-
-
-def write_json_atomic(path: Path, record: dict) -> None:
-    """Write ``record`` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def run_status(run_dir: Path) -> str:

@@ -18,7 +18,7 @@ import yaml
 from lightning_seg.cli import TEST_METRICS
 from lightning_seg.grid import Grid, RunFailed, execute_run, run_local, run_status
 from lightning_seg.grid.cli import main as grid_main
-from lightning_seg.grid.execute import LOG, RESULT, GridReport, RunLocked, local_slots, run_lock, write_json_atomic
+from lightning_seg.grid.execute import LOG, RESULT, GridReport, RunLocked, local_slots, run_lock
 from tests.conftest import CONFIGS, REPO
 
 GRID = CONFIGS / "grids" / "synthetic.yaml"
@@ -166,15 +166,6 @@ def test_local_slots_pack_runs_per_gpu_and_share_the_cpu():
     assert cpu[0]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     with pytest.raises(ValueError, match="at least 1"):
         local_slots(["0"], runs_per_gpu=0, cpu_parallel=1)
-
-
-def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    path = tmp_path / RESULT
-    write_json_atomic(path, {"a": 1})
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
-        write_json_atomic(path, {"a": 2})
-    assert json.loads(path.read_text()) == {"a": 1}
 
 
 def processes_mentioning(text: str) -> list[int]:

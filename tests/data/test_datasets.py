@@ -36,7 +36,7 @@ MODULES = {"drosophila": DrosophilaDataModule, "covid19": Covid19DataModule, "ch
 #: fold-0 sample counts: Drosophila 12 images × 4 crops, 4 × 16 tiles, 4 × 16 tiles
 COUNTS = {"drosophila": (48, 64, 64), "covid19": (70, 10, 20), "chase": (16, 6, 6)}
 
-#: class shares in % from /work/shared/data/README.md (Drosophila membrane = sum of its five values),
+#: class shares in % from the README beside the data copies (Drosophila membrane = sum of its five values),
 #: with a tolerance in percentage points: exact data up to the README's rounding for Drosophila (no
 #: resizing), nearest-neighbour subsampling to 256×256 for COVID-19 and CHASE.
 FREQUENCIES = {

@@ -1,8 +1,8 @@
 """The transcription of the paper's Tables 1-4 in lightning_seg/grid/paper_tables.csv.
 
-Source: /work/shared/papers/multiplicative-loss-yokoi-hotta-2025.md (Yokoi & Hotta 2025, text extracted from
-the PDF). The extraction misplaces cells, so these tests check the CSV against the paper's structure, against
-the anchor figures quoted in PROTOCOL.md, and against itself (class IoUs must average to the mIoU).
+Source: Yokoi & Hotta 2025 (arXiv 2510.12258), Tables 1-4, in a text extraction of the paper's PDF. The
+extraction misplaces cells, so these tests check the CSV against the paper's structure, against U-Net mIoU
+anchor figures copied by hand, and against itself (class IoUs must average to the mIoU).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ MISSING = {
     ]
 }
 
-# PROTOCOL.md, "What the tables say (anchor figures, mIoU %, U-Net, mean ± std)": CE, Dice, best additive,
+# Anchor figures (mIoU %, U-Net, mean ± std), copied by hand from the paper: CE, Dice, best additive,
 # ML, CAML. The best additive is the additive row with the highest mIoU (the only one at reduced data).
 ANCHORS = {
     ("covid19", "1"): {

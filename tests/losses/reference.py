@@ -1,5 +1,5 @@
-"""An independent NumPy (float64) reference for the paper's losses, written from ``/work/shared/PROTOCOL.md``
-("The losses") and deliberately *not* from :mod:`lightning_seg.losses`: no torch, no shared helpers, plain
+"""An independent NumPy (float64) reference for the paper's losses, written from the paper's equations
+(eq. 1-5 and 13 with its erratum, read as in the project's docs) and deliberately *not* from :mod:`lightning_seg.losses`: no torch, no shared helpers, plain
 loops over pixels and classes. Forward values only.
 
 Conventions (the documented choices of the library's contract, restated here from the protocol and the brief):

@@ -51,17 +51,17 @@ def run_ray(
         (report.done_before if run_status(root / run.relpath) == "done" else todo).append(run)
     if not todo:
         return report
+    by_path = {str(run.relpath): run for run in todo}  # trials are named by their run folder
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         tuner = tune.Tuner(
             tune.with_resources(
-                tune.with_parameters(_trainable, runs={str(run.relpath): run for run in todo}, root=str(root)),
+                tune.with_parameters(_trainable, runs=by_path, root=str(root)),
                 {"cpu": cpus_per_run, "gpu": gpus_per_run},
             ),
-            # trials are named by their run folder
-            param_space={"run": tune.grid_search([str(run.relpath) for run in todo])},
+            param_space={"run": tune.grid_search(list(by_path))},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
             run_config=tune.RunConfig(
                 name="tune",
@@ -74,7 +74,6 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-    by_path = {str(run.relpath): run for run in todo}
     for result in results:
         run = by_path[result.config["run"]]
         if result.error is not None:

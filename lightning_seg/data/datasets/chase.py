@@ -54,6 +54,7 @@ class ChaseDataModule(FileDataModule):
     (``docs/datasets.md`` argues the crop size).
     """
 
+    #: the dataset's record: files, labels, classes, sources, splits
     info = CHASE
 
     def __init__(

@@ -53,6 +53,7 @@ class Covid19DataModule(FileDataModule):
     ``crop_size`` (224) crop and a random horizontal flip; evaluation sees whole 256² images.
     """
 
+    #: the dataset's record: files, labels, classes, sources, splits
     info = COVID19
 
     def __init__(

@@ -81,6 +81,7 @@ class DrosophilaDataModule(FileDataModule):
         **kwargs: see :class:`~lightning_seg.data.datasets.file.FileDataModule`.
     """
 
+    #: the dataset's record: files, labels, classes, sources, splits
     info = DROSOPHILA
     _ID = re.compile(r"^(?P<key>\d{2})(?:/(?P<kind>crop|tile)(?P<index>\d+))?$")
 

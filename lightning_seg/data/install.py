@@ -68,19 +68,22 @@ def archive_urls(archive: Archive, mirror: str | None = None) -> list[str]:
 
 def _download(archive: Archive, dest: Path, mirror: str | None, progress: bool, timeout: float) -> str:
     """Fetch ``archive`` to ``dest`` from the first of :func:`archive_urls` that has it; return that URL."""
-    urls = archive_urls(archive, mirror)
-    for index, url in enumerate(urls):
+    *mirrored, last = archive_urls(archive, mirror)
+    for url in mirrored:  # the mirror, when set and the archive has its own URL too
         try:
             fetch(url, dest, archive.sha256, progress, timeout)
             return url
         except DownloadError as err:
             if not err.missing:
                 raise
-            if index + 1 == len(urls):
-                hint = "" if archive.url else " It has no public host: the mirror must serve it (build-mirror)."
-                raise DownloadError(f"{err}{hint}", missing=True) from err
-            log.warning("%s is not on the mirror (%s); trying %s", archive.filename, url, urls[index + 1])
-    raise AssertionError("unreachable")
+            log.warning("%s is not on the mirror (%s); trying %s", archive.filename, url, last)
+    try:
+        fetch(last, dest, archive.sha256, progress, timeout)
+    except DownloadError as err:
+        if err.missing and not archive.url:
+            raise DownloadError(f"{err} It has no public host: the mirror must serve it (build-mirror).") from err
+        raise
+    return last
 
 
 class _Changes:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 _CHUNK = 1 << 20
+_MAX_LINK = 4096  # bytes: longer than any path a link may hold (PATH_MAX)
 #: what reading a damaged or cut-short archive can raise
 READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, struct.error, OSError)
 
@@ -149,7 +150,11 @@ class ArchiveReader:
         for count, info in enumerate(archive.infolist(), 1):
             name = safe_name(info.filename, self.name)
             kind = stat.S_IFMT(info.external_attr >> 16)
-            if kind == stat.S_IFLNK:  # a symlink: its data is the target
+            if kind == stat.S_IFLNK:  # a symlink: its data is the target, a path (read only if path-sized)
+                if info.file_size > _MAX_LINK:
+                    raise UnsafeArchiveError(
+                        f"{self.name}: link {info.filename!r} holds {info.file_size:,} bytes, not a path; refusing it"
+                    )
                 _check_link(info.filename, archive.read(info).decode("utf-8", "replace"), self.name)
             elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafeArchiveError(

@@ -73,6 +73,12 @@ def test_devices_and_fifos_are_refused(tmp_path):
         ArchiveReader(tmp_path / "fifo.zip")
 
 
+def test_a_zip_link_whose_target_is_not_a_path_is_refused_unread(tmp_path):
+    archive = make_zip(tmp_path / "link.zip", {}, {"repo/link": "x" * 5000})
+    with pytest.raises(UnsafeArchiveError, match=r"link 'repo/link' holds 5,000 bytes, not a path"):
+        ArchiveReader(archive)
+
+
 def test_links_inside_the_tree_are_allowed_but_never_extracted(tmp_path):
     archive = make_tar(tmp_path / "ok.tar", {"repo/raw/00.tif": b"data"}, {"repo/raw/01.tif": "00.tif"})
     with ArchiveReader(archive) as reader:

@@ -325,8 +325,16 @@ def compute_terms(
 
 
 def confidence_exponent(p_bar: Tensor, exponent: Tensor | float) -> Tensor:
-    """CAML's ``α = (1 - p̄)^D`` (eq. 13), with ``1 - p̄`` kept in ``[EPS, 1]`` so α and its gradient stay finite."""
-    return (1.0 - p_bar).clamp(EPS, 1.0).pow(exponent)
+    """CAML's ``α = (1 - p̄)^D`` (eq. 13): the exact value, with the gradient of ``max(1 - p̄, EPS)^D``.
+
+    ``∂α/∂p̄ = -D (1 - p̄)^(D-1)`` is unbounded as ``p̄ → 1`` for ``D < 1`` (and ``∂α/∂D`` has ``log(1 - p̄)``), so the
+    gradient is taken with ``1 - p̄`` kept in ``[EPS, 1]``: it stops at ``1 - p̄ < EPS``. The value is not clamped:
+    a label-free ``p̄`` (``max_class``) reaches 1 with a large ``L_CE``, where a clamped α would change
+    ``L_CE^α`` by a visible factor.
+    """
+    base = 1.0 - p_bar
+    bounded = base.clamp(EPS, 1.0).pow(exponent)
+    return bounded + (base.clamp(0.0, 1.0).pow(exponent) - bounded).detach()
 
 
 def safe_pow(base: Tensor, exponent: Tensor) -> Tensor:

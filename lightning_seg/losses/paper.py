@@ -98,7 +98,8 @@ class ConfidenceAdaptiveMultiplicative(SegmentationLoss):
         r: if given, ``D`` in the exponent is replaced by this constant (the fixed-r ablation, Tab. 4);
             see :class:`CAMLFixedR`.
 
-    Numerics: ``1 - p̄`` is clamped to ``[1e-6, 1]`` and ``L_CE`` (or the per-pixel CE) to ``≥ 1e-6``
+    Numerics: ``α``'s gradient is taken with ``1 - p̄`` (or ``1 - p_i``) kept in ``[1e-6, 1]`` (its value is exact;
+    see :func:`.base.confidence_exponent`), and ``L_CE`` (or the per-pixel CE) is bounded below by ``1e-6``
     before the fractional power, so that ``∂L/∂α = L_Dice · L_CE^α · log L_CE`` stays finite at perfect
     predictions; below that bound the CE factor stops passing gradient, where its value is < 1e-6 anyway.
     """

@@ -145,7 +145,7 @@ class _SoftmaxStats(torch.autograd.Function):
         if grad_max is not None:
             max_term = max_map * grad_max
             weight -= max_term
-            max_class = first_argmax(probs)
+            max_class = first_argmax(probs, max_map)
         if grad_sum is not None:
             # Σ_d p_id g_d for every pixel, as a batched (1×C)·(C×HW) product.
             weight -= torch.matmul(grad_sum.view(1, 1, c), probs.view(n, c, h * w)).view(n, h, w)
@@ -160,15 +160,14 @@ class _SoftmaxStats(torch.autograd.Function):
         return grad, None, None, None
 
 
-def first_argmax(probs: Tensor) -> Tensor:
-    """``argmax`` over dim 1 of an N×C×H×W tensor (the first on ties), by a loop over the C classes: on the CPU
-    several times faster than ``torch.argmax`` across the channel dimension."""
-    best, index = probs[:, 0], torch.zeros_like(probs[:, 0], dtype=torch.long)
-    for c in range(1, probs.shape[1]):
-        better = probs[:, c] > best
-        best = torch.where(better, probs[:, c], best)
-        index = index.masked_fill_(better, c)
-    return index
+def first_argmax(probs: Tensor, max_map: Tensor) -> Tensor:
+    """``argmax`` over dim 1 of an N×C×H×W tensor whose maximum ``max_map`` (N×H×W) is known, the first class on
+    ties: the largest of ``(C - c)·[p_c = max]``, several times faster on the CPU than ``torch.argmax`` across
+    the channel dimension."""
+    c = probs.shape[1]
+    dtype = torch.uint8 if c < 256 else torch.int64
+    rank = torch.arange(c, 0, -1, dtype=dtype, device=probs.device).view(1, c, 1, 1)
+    return c - ((probs == max_map.unsqueeze(1)) * rank).amax(1).long()
 
 
 @dataclass

@@ -62,3 +62,32 @@ def test_packing_cpu_smoke(tmp_path):
         assert aggregate > 0 and per_run > 0
     assert rows[0][9] == "1.00×"
     assert done.stdout.splitlines()[2:] == lines[2:]  # the same rows were printed
+
+
+def test_losses_cpu_smoke(tmp_path):
+    output = tmp_path / "losses.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "losses.py"), "--device", "cpu", "--size", "16"]
+    command += [
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--ignore-frac",
+        "0.2",
+        "--output",
+        str(output),
+        "--date",
+        "2000-01-01",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = output.read_text().splitlines()
+    assert lines[0].startswith("| date | device | torch | logits | loss |")
+    rows = {cells[4]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert list(rows)[:2] == ["F.cross_entropy", "MONAI DiceCELoss(batch=True)"]
+    for name in ("ce", "dice", "additive(lam=0.5)", "ml", "caml", "caml_fixed_r(r=2.0)", "caml(pbar=max_class)"):
+        assert name in rows
+    for cells in rows.values():
+        assert cells[0] == "2000-01-01" and cells[3] == "4×5×16×16 float32"
+        assert float(cells[5]) > 0 and float(cells[6].rstrip("×")) > 0
+    assert rows["F.cross_entropy"][6] == "1.00×"

@@ -148,7 +148,7 @@ class _SoftmaxStats(torch.autograd.Function):
             max_class = first_argmax(probs, max_map)
         if grad_sum is not None:
             # Σ_d p_id g_d for every pixel, as a batched (1×C)·(C×HW) product.
-            weight -= torch.matmul(grad_sum.view(1, 1, c), probs.view(n, c, h * w)).view(n, h, w)
+            weight -= torch.matmul(grad_sum.view(1, 1, c), probs.reshape(n, c, h * w)).view(n, h, w)
         # p_ic (g_c + w_i), in place, one class at a time (no N×C×H×W temporary).
         factor = torch.empty_like(weight)
         for k in range(c):

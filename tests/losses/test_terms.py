@@ -110,3 +110,18 @@ def test_without_ignored_pixels_the_unmasked_path_is_the_same(name, kw):
     (slow_grad,) = torch.autograd.grad(slow_value, x2)
     torch.testing.assert_close(value, slow_value, rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(grad, slow_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(("name", "kw"), PAPER_CONFIGS)
+def test_channels_last_logits(name, kw):
+    """A model in channels-last memory format gives channels-last logits: same value and gradient."""
+    logits, target = inputs(5, c=4, h=5, w=6)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = logits.clone().to(memory_format=memory_format).requires_grad_(True)
+        value = build_loss(name, **kw)(x, target)
+        (grad,) = torch.autograd.grad(value, x)
+        results.append((value, grad))
+    assert logits.to(memory_format=torch.channels_last).stride() != logits.stride()
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=1e-15)

@@ -9,12 +9,50 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassJaccardIndex
 
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
 
 EVALUATION_SPLITS = ("val", "test")
+
+
+def _counts_by_bincount(bins: Tensor, size: int) -> Tensor:
+    return torch.bincount(bins, minlength=size + 1)[:size]
+
+
+def _counts_by_product(target: Tensor, preds: Tensor, num_classes: int) -> Tensor:
+    classes = torch.arange(num_classes, device=preds.device)
+    actual = (target.reshape(-1, 1) == classes).to(torch.float64)  # an ignored pixel matches no class
+    predicted = (preds.reshape(-1, 1) == classes).to(torch.float64)
+    return (actual.T @ predicted).flatten()
+
+
+def confusion_counts(preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
+    """C×C counts (rows: target class, columns: predicted class) of class-index maps; ``ignore_index`` pixels
+    count nowhere. Nothing waits for the device: on the CPU a bincount, elsewhere (where ``torch.bincount`` reads
+    its maximum back to the host) a product of one-hot indicator matrices in float64 (exact counts, no TF32).
+    Inputs must be class indices (``preds`` in ``[0, C)``, ``target`` in ``[0, C)`` or ``ignore_index``)."""
+    size = num_classes * num_classes
+    if preds.device.type != "cpu":
+        return _counts_by_product(target, preds, num_classes).round().long().reshape(num_classes, num_classes)
+    bins = target * num_classes + preds
+    if ignore_index is not None:
+        bins = torch.where(target == ignore_index, size, bins)
+    return _counts_by_bincount(bins.flatten(), size).reshape(num_classes, num_classes)
+
+
+class JaccardIndex(MulticlassJaccardIndex):
+    """torchmetrics' :class:`~torchmetrics.classification.MulticlassJaccardIndex` with an update that never waits
+    for the device (:func:`confusion_counts`).
+
+    torchmetrics drops ``ignore_index`` pixels by boolean indexing, a device→host sync on a GPU at every step,
+    and in deterministic mode counts with a pixels × C² comparison, several times slower. ``compute`` is
+    torchmetrics'.
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.confmat += confusion_counts(preds, target, self.num_classes, self.ignore_index)
 
 
 def is_logging_step(trainer: L.Trainer) -> bool:
@@ -42,7 +80,8 @@ class SegmentationModule(L.LightningModule):
         lr_scheduler: optional scheduler factory.
 
     Logged per split ``s``: ``s/loss``, ``s/iou_<class>`` for every class, ``s/miou`` (their mean over
-    classes present in prediction or target) and ``s/dice`` (macro pixel F1 = Dice). Metrics accumulate over
+    classes present in prediction or target) and ``s/dice`` (macro pixel F1 = Dice over the same classes, from
+    the same confusion matrix: ``Dice_c = 2 IoU_c / (1 + IoU_c)``). Metrics accumulate over
     many batches (dataset-level IoU), not per batch: for ``val`` and ``test`` over the whole split; for
     ``train`` over the training batches since the previous validation, logged with it. ``train/loss`` is the
     loss of the step, logged at logging steps only (every ``trainer.log_every_n_steps``, see
@@ -93,14 +132,14 @@ class SegmentationModule(L.LightningModule):
 
     def configure_metrics(self) -> None:
         hp = self.hparams
-        # No argument validation: it calls torch.unique, a device→host sync per update. Predictions are an
-        # argmax, and the loss has checked the targets of the same batch before (lightning_seg.losses).
-        checks = {"ignore_index": hp.ignore_index, "validate_args": False}
         metrics = MetricCollection(
             {
-                # Classes absent from prediction and target give NaN, left out of the mean.
-                "iou": MulticlassJaccardIndex(hp.num_classes, average="none", zero_division=float("nan"), **checks),
-                "dice": MulticlassF1Score(hp.num_classes, average="macro", **checks),
+                # Classes absent from prediction and target give NaN, left out of the means. One confusion
+                # matrix gives IoU and Dice: a second metric (F1) would double the cost of every update. The
+                # inputs are an argmax and targets that the loss has checked in the same step.
+                "iou": JaccardIndex(
+                    hp.num_classes, average="none", ignore_index=hp.ignore_index, zero_division=float("nan")
+                ),
             }
         )
         # Attributes, not a ModuleDict: a key "train" would shadow nn.Module.train.
@@ -144,6 +183,7 @@ class SegmentationModule(L.LightningModule):
         iou = values.pop(f"{split}/iou")
         for name, value in zip(self.class_names, iou, strict=True):
             values[f"{split}/iou_{name}"] = value
+        values[f"{split}/dice"] = (2 * iou / (1 + iou)).nanmean()  # 2TP / (2TP + FP + FN) per class
         if split in EVALUATION_SPLITS and split in self._loss_sums:
             total, count = self._loss_sums.pop(split)
             self.log(f"{split}/loss", total / count, prog_bar=split == "val")

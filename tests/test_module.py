@@ -7,10 +7,13 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 
 from lightning_seg import SegmentationModule
+from lightning_seg import module as module_lib
 from lightning_seg.callbacks import LossPartsLogger
 from lightning_seg.losses import CAML, build_loss
+from lightning_seg.module import JaccardIndex
 
 
 class FixedLogits(nn.Module):
@@ -46,6 +49,17 @@ def hand_iou(preds, masks, num_classes, ignore_index):
     return np.array(out)
 
 
+def hand_dice(preds, masks, num_classes, ignore_index=255):
+    p = np.concatenate([x.numpy().ravel() for x in preds])
+    t = np.concatenate([x.numpy().ravel() for x in masks])
+    p, t = p[t != ignore_index], t[t != ignore_index]
+    out = []
+    for c in range(num_classes):
+        tp, fp, fn = np.sum((p == c) & (t == c)), np.sum((p == c) & (t != c)), np.sum((p != c) & (t == c))
+        out.append(np.nan if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return np.array(out)
+
+
 def test_test_metrics_match_hand_computed_iou():
     g = torch.Generator().manual_seed(0)
     preds = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(3)]
@@ -60,6 +74,14 @@ def test_test_metrics_match_hand_computed_iou():
     np.testing.assert_allclose(got[:3], expected[:3], rtol=1e-6)
     assert np.isnan(got[3]) and np.isnan(expected[3])  # class d never occurs: NaN, left out of the mean
     assert trainer.callback_metrics["test/miou"].item() == pytest.approx(np.nanmean(expected), rel=1e-6)
+    # Dice from the same counts, 2TP / (2TP + FP + FN) per class present, as torchmetrics' macro F1 has it
+    assert trainer.callback_metrics["test/dice"].item() == pytest.approx(
+        np.nanmean(hand_dice(preds, masks, 4)), rel=1e-6
+    )
+    f1 = MulticlassF1Score(4, average="macro", ignore_index=255)
+    assert trainer.callback_metrics["test/dice"].item() == pytest.approx(
+        f1(torch.cat([p.ravel() for p in preds]), torch.cat([m.ravel() for m in masks])).item(), rel=1e-6
+    )
 
 
 def test_train_metrics_cover_the_steps_since_the_previous_validation():
@@ -191,3 +213,21 @@ def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
 def test_optimizer_default_is_adam_1e3():
     optimizer = SegmentationModule(model="tiny").configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("ignore_index", [255, None])
+def test_jaccard_index_counts_as_torchmetrics(ignore_index):
+    g = torch.Generator().manual_seed(2)
+    reference = MulticlassJaccardIndex(5, average="none", ignore_index=ignore_index, zero_division=float("nan"))
+    ours = JaccardIndex(5, average="none", ignore_index=ignore_index, zero_division=float("nan"))
+    for _ in range(3):
+        preds, target = torch.randint(0, 4, (2, 9, 7), generator=g), torch.randint(0, 4, (2, 9, 7), generator=g)
+        if ignore_index is not None:
+            target[0, :3] = ignore_index
+        reference.update(preds, target)
+        ours.update(preds, target)
+        # the product form, used off the CPU, counts the same
+        counts = module_lib._counts_by_product(target, preds, 5).long().reshape(5, 5)
+        assert torch.equal(counts, module_lib.confusion_counts(preds, target, 5, ignore_index))
+    assert torch.equal(ours.confmat, reference.confmat) and ours.confmat.sum() > 0
+    np.testing.assert_array_equal(ours.compute().numpy(), reference.compute().numpy())  # class 4: NaN in both

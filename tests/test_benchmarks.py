@@ -125,3 +125,4 @@ def test_step_clock_records_a_fit(tmp_path):
     assert {"fit_start", "train_start", "train_end", "fit_end"} <= set(record["events"])
     p = overhead.phases(record, (record["events"]["fit_start"] - 1.0, record["events"]["fit_end"] + 1.0))
     assert p["steps"] == 6 and p["validations"] == 2 and 0 < p["outside_train"] < 1
+    assert len(record["step_cpu"]) == 6 and p["step_cpu_ms"] > 0 and 0 < p["outside_cpu"] < 1

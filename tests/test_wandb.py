@@ -107,7 +107,7 @@ def test_resolved_config_and_run_keys_are_in_the_run_config(wandb_run):
     resolved = config["cli"]
     assert resolved["model"]["init_args"]["loss"] == "ml"
     assert resolved["data"]["class_path"] == "lightning_seg.data.SyntheticDataModule"
-    assert resolved["trainer"]["max_epochs"] == 2
+    assert resolved["trainer"]["max_steps"] == 6
     assert resolved["seed_everything"] == 0
     # Same as the config.yaml the CLI saved in the run directory.
     (saved,) = wandb_run["root"].glob("logs/version_*/config.yaml")

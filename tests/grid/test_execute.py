@@ -22,9 +22,10 @@ from lightning_seg.grid.execute import LOG, RESULT, GridReport, RunLocked, local
 from tests.conftest import CONFIGS, REPO
 
 GRID = CONFIGS / "grids" / "synthetic.yaml"
-#: a run of a few seconds: 32 px, 2 training batches per epoch
+#: a run of a few seconds: 32 px, 2 training batches per epoch, a validation after each
 TINY = [
     "trainer.max_epochs=1",
+    "trainer.val_check_interval=2",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
     "trainer.enable_model_summary=false",

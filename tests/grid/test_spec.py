@@ -58,7 +58,7 @@ def test_a_run_command_parses_with_the_cli_into_the_runs_keys(tmp_path):
     config = build_cli(command[4:], run=False).config  # run=False: no subcommand
     assert config.model.init_args.loss.init_args.lam == 0.5
     assert config.data.init_args.fold == run.fold and config.data.init_args.train_fraction == run.fraction
-    assert config.seed_everything == run.seed and config.trainer.max_epochs == 10
+    assert config.seed_everything == run.seed and config.trainer.max_steps == 60
     assert config.trainer.default_root_dir == str(tmp_path / run.relpath) and config.test_after_fit is True
     # the same folder name as a hand-started run with this config
     assert run_dir(config).name == run.relpath.name
@@ -66,11 +66,11 @@ def test_a_run_command_parses_with_the_cli_into_the_runs_keys(tmp_path):
 
 def test_resume_adds_the_checkpoint_and_overrides_come_after_the_grids_args(tmp_path):
     grid = Grid.load(GRIDS / "synthetic.yaml")
-    run = grid.runs(["trainer.max_epochs=3", "data.init_args.augment=false", "trainer.limit_val_batches=[1]"])[0]
+    run = grid.runs(["trainer.max_steps=30", "data.init_args.augment=false", "trainer.limit_val_batches=[1]"])[0]
     command = run.command(tmp_path, resume_from=tmp_path / "last.ckpt")
     assert command[-1] == f"--ckpt_path={tmp_path / 'last.ckpt'}"
-    epochs = [a for a in command if a.startswith("--trainer.max_epochs=")]
-    assert epochs == ["--trainer.max_epochs=10", "--trainer.max_epochs=3"]  # the later one wins in jsonargparse
+    steps = [a for a in command if a.startswith("--trainer.max_steps=")]
+    assert steps == ["--trainer.max_steps=60", "--trainer.max_steps=30"]  # the later one wins in jsonargparse
     assert "--data.init_args.augment=false" in command and "--trainer.limit_val_batches=[1]" in command
 
 

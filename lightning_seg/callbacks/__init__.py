@@ -1,7 +1,17 @@
-"""Callbacks: loss-part logging, a best checkpoint that later processes can find, prediction overlays."""
+"""Callbacks: checkpoints, the non-finite guard, loss-part logging, prediction overlays, a one-line model size."""
 
-from .checkpoint import BestCheckpoint
+from .checkpoint import CheckpointError, RunCheckpoint
 from .loss_parts import LossPartsLogger
+from .nonfinite import NonFiniteError, NonFiniteGuard
 from .overlays import PredictionOverlays
+from .summary import ModelSize
 
-__all__ = ["BestCheckpoint", "LossPartsLogger", "PredictionOverlays"]
+__all__ = [
+    "CheckpointError",
+    "LossPartsLogger",
+    "ModelSize",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "PredictionOverlays",
+    "RunCheckpoint",
+]

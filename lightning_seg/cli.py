@@ -142,23 +142,23 @@ Train a model with a loss on a dataset; the run goes to its own folder, and the 
   lightning-seg fit --config configs/base.yaml --config configs/data/synthetic.yaml --config configs/losses/caml.yaml
 
 The options changed most often (every option is listed below them):
-  --config FILE                               a YAML config (repeatable; later files and options win)
-  --model.init_args.model NAME                unet | transunet | convformer_unet | tiny | smp.<Arch>
-  --model.init_args.model_kwargs DICT         e.g. '{base_channels: 16}'
-  --model.init_args.loss NAME                 ce | dice | additive | ml | caml | caml_fixed_r | ... (docs/losses.md)
-  --model.init_args.loss.init_args.ARG VALUE  a loss argument, e.g. --model.init_args.loss.init_args.lam=0.3
-  --model.init_args.optimizer CLASS           default Adam with lr 1e-3, e.g. torch.optim.SGD
-  --model.init_args.optimizer.init_args.lr LR the learning rate
-  --data.init_args.fold K                     cross-validation fold (0-4)
-  --data.init_args.train_fraction F           share of the training set, e.g. 0.125
-  --trainer.max_steps N | --trainer.max_epochs N
-  --seed_everything S
-  --trainer.default_root_dir DIR              the run folder (default runs/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>-<fingerprint>)
-  --test_after_fit true                       test the best checkpoint when training ends
-  --checkpoint.every_minutes M                least time between two resumable checkpoints (default 5)
-  --nonfinite.patience K                      stop after K non-finite steps in a row (default 1; 0: no check)
-  --ckpt_path last|PATH                       resume from this checkpoint (default: the run's own last.ckpt)
-  --debug                                     full tracebacks (or LIGHTNING_SEG_DEBUG=1)
+  --config FILE                                 a YAML config (repeatable; later files and options win)
+  --model.init_args.model NAME                  unet | transunet | convformer_unet | tiny | smp.<Arch>
+  --model.init_args.model_kwargs DICT           e.g. '{base_channels: 16}'
+  --model.init_args.loss NAME                   ce | dice | additive | ml | caml | caml_fixed_r | ... (docs/losses.md)
+  --model.init_args.loss.init_args.ARG VALUE    a loss argument, e.g. --model.init_args.loss.init_args.lam=0.3
+  --model.init_args.optimizer CLASS             default Adam with lr 1e-3, e.g. torch.optim.SGD
+  --model.init_args.optimizer.init_args.lr LR   the learning rate
+  --data.init_args.fold K                       cross-validation fold (0-4)
+  --data.init_args.train_fraction F             share of the training set, e.g. 0.125
+  --trainer.max_steps N                         training length in optimizer steps (or --trainer.max_epochs N)
+  --seed_everything S                           the seed
+  --trainer.default_root_dir DIR                the run folder (default runs/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>-<fingerprint>)
+  --test_after_fit true                         test the best checkpoint when training ends
+  --checkpoint.every_minutes M                  least time between two resumable checkpoints (default 5)
+  --nonfinite.patience K                        stop after K non-finite steps in a row (default 1; 0: no check)
+  --ckpt_path last|PATH                         resume from this checkpoint (default: the run's own last.ckpt)
+  --debug                                       full tracebacks (or LIGHTNING_SEG_DEBUG=1)
 """
 TEST_HELP = """\
 Evaluate a checkpoint on the test split and write test_metrics.json into the run folder.
@@ -174,7 +174,8 @@ USAGE = "lightning-seg {command} [--config FILE ...] [--OPTION VALUE ...]   (--h
 def _parser_kwargs() -> dict:
     sub = {"exit_on_error": False, "formatter_class": HelpFormatter}
     return {
-        "exit_on_error": False,
+        **sub,  # jsonargparse gives subcommands the main parser's formatter
+        "description": "Train (fit) and evaluate (test) segmentation models and losses; `lightning-seg fit --help`.",
         "fit": {**sub, "description": FIT_HELP, "usage": USAGE.format(command="fit")},
         "test": {**sub, "description": TEST_HELP, "usage": USAGE.format(command="test")},
         "validate": {**sub, "usage": USAGE.format(command="validate")},
@@ -191,11 +192,21 @@ def _short_parse_error(message: str) -> str:
     lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
     classes = [found[1] for line in lines if (found := re.match(r"Problem with given class_path '([^']+)'", line))]
     detail = next(
-        (line for line in lines if line and not re.match(r"(Parser key|Does not validate|Subtypes|Errors|Problem with|Given value|Expected a <class 'NoneType'>)", line)),
+        (
+            line
+            for line in lines
+            if line
+            and not re.match(
+                r"(Parser key|Does not validate|Subtypes|Errors|Problem with|Given value|Expected a <class 'NoneType'>)",
+                line,
+            )
+        ),
         "invalid value",
     )
     detail = re.sub(r"Expected a <class '([\w.]+)'>", r"expected \1", detail)
-    given = next((line.removeprefix("Given value: ") for line in reversed(lines) if line.startswith("Given value:")), None)
+    given = next(
+        (line.removeprefix("Given value: ") for line in reversed(lines) if line.startswith("Given value:")), None
+    )
     where = f" ({classes[-1]})" if classes else ""
     shown = f", given {given!r}" if given is not None and not given.startswith("NestedArg") else ""
     return f"{option}{where}: {detail}{shown}"
@@ -204,7 +215,15 @@ def _short_parse_error(message: str) -> str:
 # ------------------------------------------------------------------------------------------------ quiet
 
 
-_NOISE = ("TPU available", "HPU available", "💡 Tip", "litlogger", "LitLogger", "Skipping setting a default `ModelSummary`", "Seed set to")
+_NOISE = (
+    "TPU available",
+    "HPU available",
+    "💡 Tip",
+    "litlogger",
+    "LitLogger",
+    "Skipping setting a default `ModelSummary`",
+    "Seed set to",
+)
 
 
 class _DropNoise(logging.Filter):
@@ -215,7 +234,11 @@ class _DropNoise(logging.Filter):
 def quiet() -> None:
     """Drop the per-run lines that say nothing about the run (accelerators it has no use for, adverts,
     library deprecations it cannot act on)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
@@ -301,7 +324,7 @@ class SegmentationCLI(LightningCLI):
 
     def resolved_config(self) -> dict:
         parser = self._parser(self.subcommand)
-        return yaml.safe_load(parser.dump(self.active_config, skip_none=False))
+        return yaml.safe_load(parser.dump(self.active_config, skip_none=False, skip_check=True))
 
     def _check_names(self, config: Namespace) -> None:
         model_args = config.model.init_args
@@ -332,7 +355,11 @@ class SegmentationCLI(LightningCLI):
             self.run_folder.check(self.identity)
         trainer.default_root_dir = str(self.run_folder.path)
         callbacks = _callbacks(config)
-        summaries = [cb for cb in callbacks if isinstance(cb, Namespace) and issubclass(import_object(cb.class_path), ModelSummary)]
+        summaries = [
+            cb
+            for cb in callbacks
+            if isinstance(cb, Namespace) and issubclass(import_object(cb.class_path), ModelSummary)
+        ]
         if trainer.get("enable_model_summary") is not False and not summaries:
             callbacks.append(Namespace(class_path=object_path(ModelSize), init_args=Namespace()))
         trainer.callbacks = callbacks
@@ -400,9 +427,13 @@ class SegmentationCLI(LightningCLI):
         folder = self.run_folder
         if ckpt_path not in (None, "last"):
             if ckpt_path == "best":
-                raise ConfigError("--ckpt_path best: a best checkpoint holds weights only; fit resumes from last or PATH")
+                raise ConfigError(
+                    "--ckpt_path best: a best checkpoint holds weights only; fit resumes from last or PATH"
+                )
             if not inspect_checkpoint(ckpt_path)["resumable"]:
-                raise CheckpointError(f"--ckpt_path {ckpt_path}: holds weights only (no optimizer state); fit cannot resume from it")
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path}: holds weights only (no optimizer state); fit cannot resume from it"
+                )
             return Path(ckpt_path)
         set_aside = False
         for candidate in (folder.last_checkpoint, folder.previous_checkpoint):
@@ -416,7 +447,9 @@ class SegmentationCLI(LightningCLI):
                 say(f"{error}; set aside as {folder.relative(corrupt)}")
                 set_aside = True
                 continue
-            say(f"resuming {folder.path} from {folder.relative(candidate)} (step {info['step']}, epoch {info['epoch']})")
+            say(
+                f"resuming {folder.path} from {folder.relative(candidate)} (step {info['step']}, epoch {info['epoch']})"
+            )
             return candidate
         if ckpt_path == "last":
             raise CheckpointError(f"--ckpt_path last: no resumable checkpoint in {folder.checkpoints}")
@@ -463,11 +496,19 @@ class SegmentationCLI(LightningCLI):
         folder = self.run_folder
         if ckpt_path is None:
             return None
-        path = folder.best_path() if ckpt_path == "best" else folder.last_checkpoint if ckpt_path == "last" else Path(ckpt_path)
+        path = (
+            folder.best_path()
+            if ckpt_path == "best"
+            else folder.last_checkpoint
+            if ckpt_path == "last"
+            else Path(ckpt_path)
+        )
         inspect_checkpoint(path)
         return path
 
-    def test(self, model, datamodule=None, ckpt_path: str | None = None, verbose: bool = True, weights_only=None) -> None:
+    def test(
+        self, model, datamodule=None, ckpt_path: str | None = None, verbose: bool = True, weights_only=None
+    ) -> None:
         self.log_config_to_wandb()
         path = self._checkpoint_to_evaluate(ckpt_path)
         self.trainer.test(model, datamodule=datamodule, ckpt_path=path, verbose=verbose, weights_only=True)
@@ -476,7 +517,9 @@ class SegmentationCLI(LightningCLI):
         tested = record["ckpt_path"] or "the weights in memory"
         say(f"{self.run_folder.path}: test/miou {'–' if miou is None else f'{miou:.4f}'} with {tested}")
 
-    def validate(self, model, datamodule=None, ckpt_path: str | None = None, verbose: bool = True, weights_only=None) -> None:
+    def validate(
+        self, model, datamodule=None, ckpt_path: str | None = None, verbose: bool = True, weights_only=None
+    ) -> None:
         path = self._checkpoint_to_evaluate(ckpt_path)
         self.trainer.validate(model, datamodule=datamodule, ckpt_path=path, verbose=verbose, weights_only=True)
 
@@ -486,7 +529,9 @@ def write_test_metrics(trainer, folder: RunFolder, identity: RunIdentity, checkp
     ``test_metrics.json`` in the run folder, atomically: the record that grids and aggregation read."""
     # NaN (a class absent from prediction and target) as null, so that the file is strict JSON.
     metrics = {
-        k: None if math.isnan(float(v)) else float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
+        k: None if math.isnan(float(v)) else float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("test/")
     }
     info = inspect_checkpoint(checkpoint) if checkpoint is not None else {}
     record = {
@@ -552,7 +597,7 @@ def fit_identity(args: list[str]) -> tuple[RunIdentity, dict]:
         config = parser.parse_args(prepare_args(list(args)))
     except argparse.ArgumentError as error:
         raise ConfigError(_short_parse_error(str(error))) from error
-    resolved = yaml.safe_load(parser.dump(config, skip_none=False))
+    resolved = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))
     loss = resolved["model"]["init_args"].get("loss")
     if isinstance(loss, str) and loss not in LOSSES:
         raise ConfigError(f"{LOSS_OPTION}: unknown loss {loss!r}; registered: {', '.join(sorted(LOSSES))}")

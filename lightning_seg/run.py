@@ -137,7 +137,9 @@ def _plain(value: Any) -> Any:
 def signature_defaults(obj: Any, skip: tuple[str, ...] = ()) -> dict:
     """Defaults of the keyword arguments of a class (its ``__init__`` through the MRO) or a function."""
     defaults: dict = {}
-    functions = [base.__init__ for base in reversed(obj.__mro__) if "__init__" in vars(base)] if inspect.isclass(obj) else [obj]
+    functions = (
+        [base.__init__ for base in reversed(obj.__mro__) if "__init__" in vars(base)] if inspect.isclass(obj) else [obj]
+    )
     for function in functions:  # subclasses' defaults win
         try:
             parameters = inspect.signature(function).parameters.values()
@@ -204,7 +206,9 @@ def model_label(model: str, kwargs: Mapping | None) -> str:
 
     factory = MODELS.get(model)
     defaults = signature_defaults(factory, skip=("in_channels", "num_classes")) if factory is not None else {}
-    changed = [f"{k}={_format_value(v)}" for k, v in sorted(_plain(dict(kwargs or {})).items()) if defaults.get(k, ...) != v]
+    changed = [
+        f"{k}={_format_value(v)}" for k, v in sorted(_plain(dict(kwargs or {})).items()) if defaults.get(k, ...) != v
+    ]
     return re.sub(r"[/\\\s]", "-", "_".join([model, *changed]))
 
 
@@ -263,7 +267,9 @@ def experiment_settings(config: Mapping) -> dict:
     if _data_parallel(trainer_config) != 1:
         trainer["data_parallel"] = _data_parallel(trainer_config)
     callbacks = trainer_config.get("callbacks") or []
-    shaping = [resolve_class_spec(cb) for cb in callbacks if isinstance(cb, Mapping) and not _is_observer(cb["class_path"])]
+    shaping = [
+        resolve_class_spec(cb) for cb in callbacks if isinstance(cb, Mapping) and not _is_observer(cb["class_path"])
+    ]
     if shaping:
         trainer["callbacks"] = shaping
     settings = {
@@ -282,22 +288,30 @@ def _digest(settings: Mapping) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def flatten(settings: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: keys spelled as the CLI options that set them."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
+def _changes(old: Any, new: Any, key: str) -> list[str]:
+    """``key old → new`` for each setting that differs; a class swapped for another is one change."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping) and old.get("class_path") == new.get("class_path"):
+        return [
+            c
+            for k in sorted(old.keys() | new.keys())
+            for c in _changes(old.get(k, ...), new.get(k, ...), f"{key}.{k}".lstrip("."))
+        ]
+    if old == new:
+        return []
+
+    def shown(value: Any) -> str:
+        if value is ...:
+            return "(unset)"
+        if isinstance(value, Mapping) and "class_path" in value:
+            return value["class_path"]
+        return _format_value(value)
+
+    return [f"{key} {shown(old)} → {shown(new)}"]
 
 
 def settings_diff(old: Mapping, new: Mapping, limit: int = 4) -> str:
     """``trainer.max_epochs 3 → 50, model.init_args.optimizer.init_args.lr 0.001 → 0.01`` (at most ``limit``)."""
-    a, b = flatten(old), flatten(new)
-    changes = [f"{k} {_format_value(a.get(k, '(unset)'))} → {_format_value(b.get(k, '(unset)'))}" for k in sorted(a.keys() | b.keys()) if a.get(k, ...) != b.get(k, ...)]
+    changes = _changes(old, new, "")
     more = f" and {len(changes) - limit} more" if len(changes) > limit else ""
     return ", ".join(changes[:limit]) + more
 

@@ -62,3 +62,19 @@ def test_packing_cpu_smoke(tmp_path):
         assert aggregate > 0 and per_run > 0
     assert rows[0][9] == "1.00×"
     assert done.stdout.splitlines()[2:] == lines[2:]  # the same rows were printed
+
+
+def test_checkpoint_cost_cpu_smoke(tmp_path):
+    """The checkpoint benchmark runs; the finished run keeps less than the former scheme, best weights only."""
+    output = tmp_path / "results.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "checkpoints.py"), "--epochs", "2", "--steps", "1"]
+    command += ["--size", "16", "--base-channels", "4", "--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.read_text().splitlines()[2:]]
+    before, now = rows
+    assert [before[2], now[2]] == ["before", "now"] and now[0] == "2000-01-01"
+    assert now[9].startswith("best-step") and "," not in now[9]  # one file: the best weights
+    assert "last.ckpt" in before[9]
+    best, last = (int(n) for n in now[6].split(" + "))
+    assert 1 <= best <= 2 and last == 0  # at most one best per validation; no last.ckpt within 5 minutes

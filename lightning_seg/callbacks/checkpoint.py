@@ -49,7 +49,22 @@ def _load_error(error: BaseException) -> str:
     if found:
         return f"it holds objects other than tensors and plain values ({found[1].strip()})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    lines = [line for line in lines if not line.lower().startswith(("weights only load failed", "(1)", "(2)", "in pytorch", "please file", "check the documentation", "you can use", "re-running"))]
+    lines = [
+        line
+        for line in lines
+        if not line.lower().startswith(
+            (
+                "weights only load failed",
+                "(1)",
+                "(2)",
+                "in pytorch",
+                "please file",
+                "check the documentation",
+                "you can use",
+                "re-running",
+            )
+        )
+    ]
     reason = (lines[-1] if lines else type(error).__name__)[:160]
     return f"it is truncated or corrupt ({reason})"
 
@@ -122,7 +137,9 @@ class RunCheckpoint(Checkpoint):
         ValueError: ``mode`` is not ``"max"``/``"min"``, or ``every_minutes`` is negative.
     """
 
-    def __init__(self, monitor: str = "val/miou", mode: str = "max", every_minutes: float = 5.0, keep_last: bool = False):
+    def __init__(
+        self, monitor: str = "val/miou", mode: str = "max", every_minutes: float = 5.0, keep_last: bool = False
+    ):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if every_minutes < 0:

@@ -88,7 +88,9 @@ class NonFiniteGuard(Callback):
         if self.bad_in_a_row >= self.patience:
             raise NonFiniteError(message)
         optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
-        rank_zero_warn(f"{message.splitlines()[0]}; update skipped ({self.bad_in_a_row} of --nonfinite.patience={self.patience})")
+        rank_zero_warn(
+            f"{message.splitlines()[0]}; update skipped ({self.bad_in_a_row} of --nonfinite.patience={self.patience})"
+        )
 
     def describe(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer, parts, grads: list[Tensor]) -> str:
         """Where it happened, the loss parts and the likely cause (runs once, after a failure)."""
@@ -98,7 +100,9 @@ class NonFiniteGuard(Callback):
         where = f"{what} at step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self._batch_idx})"
         values = ""
         if parts is not None:
-            values = ": " + ", ".join(f"{label}={float(getattr(parts, name)):.4g}" for name, label in PART_NAMES.items())
+            values = ": " + ", ".join(
+                f"{label}={float(getattr(parts, name)):.4g}" for name, label in PART_NAMES.items()
+            )
             values += f", loss={loss_value:.4g}"
         lrs = sorted({group["lr"] for group in optimizer.param_groups if "lr" in group})
         lr = f"{type(optimizer).__name__} lr={', '.join(f'{v:g}' for v in lrs)}"

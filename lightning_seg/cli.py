@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import Namespace
 from jsonargparse._formatters import DefaultHelpFormatter
-from lightning.pytorch.callbacks import Checkpoint, ModelSummary
+from lightning.pytorch.callbacks import Checkpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -243,7 +243,6 @@ def quiet() -> None:
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
-    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -274,6 +273,14 @@ def _label_error(error: BaseException, components: dict[str, type], config: Name
         option = f"--{key}" + (f"{'.init_args' if subclass_spec else ''}.{argument}" if argument else "")
         return ConfigError(f"{option}: {message}")
     return ConfigError(message)
+
+
+def _is_a(callback, cls: type) -> bool:
+    return (
+        issubclass(import_object(callback.class_path), cls)
+        if isinstance(callback, Namespace)
+        else isinstance(callback, cls)
+    )
 
 
 def _callbacks(config: Namespace) -> list:
@@ -338,8 +345,7 @@ class SegmentationCLI(LightningCLI):
                 "or smp.<Arch> for a segmentation-models-pytorch architecture"
             )
         for callback in _callbacks(config):
-            cls = import_object(callback.class_path) if isinstance(callback, Namespace) else type(callback)
-            if issubclass(cls, Checkpoint):
+            if _is_a(callback, Checkpoint):
                 raise ConfigError(
                     f"--trainer.callbacks: {callback.class_path} is a checkpoint callback; checkpoints are configured "
                     "under `checkpoint:` (monitor, mode, every_minutes, keep_last): remove it from trainer.callbacks"
@@ -355,11 +361,9 @@ class SegmentationCLI(LightningCLI):
             self.run_folder.check(self.identity)
         trainer.default_root_dir = str(self.run_folder.path)
         callbacks = _callbacks(config)
-        summaries = [
-            cb
-            for cb in callbacks
-            if isinstance(cb, Namespace) and issubclass(import_object(cb.class_path), ModelSummary)
-        ]
+        if trainer.get("enable_progress_bar") is False:  # the option wins over a progress bar in the config's list
+            callbacks = [cb for cb in callbacks if not _is_a(cb, ProgressBar)]
+        summaries = [cb for cb in callbacks if _is_a(cb, ModelSummary)]
         if trainer.get("enable_model_summary") is not False and not summaries:
             callbacks.append(Namespace(class_path=object_path(ModelSize), init_args=Namespace()))
         trainer.callbacks = callbacks

@@ -52,7 +52,12 @@ class WandbLogger(_WandbLogger):
             offline = not wandb_credentials_available()
         if group is not None:
             kwargs["group"] = group
-        super().__init__(project=project, name=name, save_dir=save_dir or ".", offline=offline, **kwargs)
+        # W&B looks for a git repository from save_dir, and warns when that folder does not exist (yet).
+        save_dir = Path(save_dir or ".").resolve()
+        save_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=str(save_dir), offline=offline, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns that the setting has no effect
+            self._wandb_init.pop("anonymous", None)
         self._run_config: dict[str, Any] = {}
 
     @rank_zero_only

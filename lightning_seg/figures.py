@@ -44,8 +44,10 @@ from typing import get_args
 import numpy as np
 import torch
 
+from .callbacks.checkpoint import inspect_checkpoint
 from .losses import build_loss
 from .losses.paper import AlphaGrad, PBar
+from .run import RunFolder
 
 #: Label → (registry name, arguments) of the losses in the gradient figures.
 GRADIENT_LOSSES: dict[str, tuple[str, dict]] = {
@@ -760,14 +762,16 @@ def plot_claims(results: ClaimCurves, out: str | Path) -> list[Path]:
 
 
 def _load_weights(model: torch.nn.Module, ckpt: str | Path) -> tuple[torch.nn.Module, str]:
-    """A copy of ``model`` with the checkpoint's weights, and the checkpoint's loss name."""
+    """A copy of ``model`` with the checkpoint's weights, and the loss label of the run it belongs to."""
     import copy
 
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    inspect_checkpoint(ckpt)  # a readable error for a missing or corrupt file
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     model = copy.deepcopy(model)
     model.load_state_dict(state, strict=False)
-    label = (checkpoint.get("hyper_parameters") or {}).get("loss_name") or Path(ckpt).stem
+    identity = RunFolder(Path(ckpt).parent.parent).identity()  # <run folder>/checkpoints/<name>.ckpt
+    label = identity.keys.loss if identity is not None else Path(ckpt).stem
     return model.eval(), str(label)
 
 

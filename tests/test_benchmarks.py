@@ -132,7 +132,7 @@ def test_step_clock_records_a_fit(tmp_path):
     from torch.utils.data import DataLoader
 
     from lightning_seg import SegmentationModule
-    from lightning_seg.callbacks import BestCheckpoint
+    from lightning_seg.callbacks import RunCheckpoint
 
     overhead = load_overhead()
     data = [{"image": torch.randn(1, 8, 8), "mask": torch.randint(0, 2, (8, 8))} for _ in range(4)]
@@ -145,7 +145,7 @@ def test_step_clock_records_a_fit(tmp_path):
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[clock, BestCheckpoint(monitor="val/miou", mode="max")],
+        callbacks=[clock, RunCheckpoint(monitor="val/miou", mode="max")],
     )
     trainer.fit(SegmentationModule(model="tiny", loss="ce"), DataLoader(data, batch_size=2), DataLoader(data[:2]))
     record = json.loads((tmp_path / "clock.json").read_text())
@@ -155,3 +155,19 @@ def test_step_clock_records_a_fit(tmp_path):
     p = overhead.phases(record, (record["events"]["fit_start"] - 1.0, record["events"]["fit_end"] + 1.0))
     assert p["steps"] == 6 and p["validations"] == 2 and 0 < p["outside_train"] < 1
     assert len(record["step_cpu"]) == 6 and p["step_cpu_ms"] > 0 and 0 < p["outside_cpu"] < 1
+
+
+def test_checkpoint_cost_cpu_smoke(tmp_path):
+    """The checkpoint benchmark runs; the finished run keeps less than the former scheme, best weights only."""
+    output = tmp_path / "results.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "checkpoints.py"), "--epochs", "2", "--steps", "1"]
+    command += ["--size", "16", "--base-channels", "4", "--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.read_text().splitlines()[2:]]
+    before, now = rows
+    assert [before[2], now[2]] == ["before", "now"] and now[0] == "2000-01-01"
+    assert now[9].startswith("best-step") and "," not in now[9]  # one file: the best weights
+    assert "last.ckpt" in before[9]
+    best, last = (int(n) for n in now[6].split(" + "))
+    assert 1 <= best <= 2 and last == 0  # at most one best per validation; no last.ckpt within 5 minutes

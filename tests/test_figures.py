@@ -4,6 +4,7 @@ comparison plots."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from lightning_seg import figures, plots
 from lightning_seg.cli import build_cli
 from lightning_seg.figures import Sweep
+from lightning_seg.run import Records, RunFolder
 from tests.conftest import CONFIGS, SMALL_RUN, compose
 
 DATA_ARGS = [*compose("base.yaml", "data/synthetic.yaml"), *SMALL_RUN[-2:]]
@@ -361,24 +363,34 @@ def test_gradients_command_writes_readable_pngs(tmp_path):
     assert len(rows) == 5 * 99 and all(np.isfinite(float(r["grad"])) for r in rows)
 
 
+MODEL = "unet_base_channels=8_depth=3"  # the small U-Net of configs/data/synthetic.yaml
+
+
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory):
-    """Two tiny fits (CE, CAML) in the standard layout runs/<data>/<model>/<loss>/fold0_frac1_seed0."""
+    """Two tiny fits (CE, CAML), each in its run folder."""
     root = tmp_path_factory.mktemp("runs")
     for loss in ("ce", "caml"):
-        run = root / "synthetic" / "unet" / loss / "fold0_frac1_seed0"
         build_cli(
-            ["fit", *DATA_ARGS, *SMALL_RUN, f"--model.init_args.loss={loss}", f"--trainer.default_root_dir={run}"]
+            [
+                "fit",
+                *DATA_ARGS,
+                *SMALL_RUN,
+                f"--model.init_args.loss={loss}",
+                f"--trainer.default_root_dir={root / loss}",
+            ]
         )
     return root
 
 
+def best(runs_root: Path, loss: str) -> Path:
+    return RunFolder(runs_root / loss).best_path()
+
+
 def test_overlays_command_from_two_checkpoints(runs_root, tmp_path):
-    ckpt = {
-        loss: runs_root / "synthetic/unet" / loss / "fold0_frac1_seed0/checkpoints/last.ckpt" for loss in ("ce", "caml")
-    }
     args = ["overlays", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "data/synthetic.yaml")]
-    args += ["--ckpt-a", str(ckpt["ce"]), "--ckpt-b", str(ckpt["caml"]), "--out", str(tmp_path), "--num-images", "3"]
+    args += ["--ckpt-a", str(best(runs_root, "ce")), "--ckpt-b", str(best(runs_root, "caml"))]
+    args += ["--out", str(tmp_path), "--num-images", "3"]
     (path,) = figures.main([*args, "--data.init_args.num_images=20", "--data.init_args.image_size=32"])
     assert path == tmp_path / "overlays.png"
     width, height = assert_png(path, 200)
@@ -388,23 +400,28 @@ def test_overlays_command_from_two_checkpoints(runs_root, tmp_path):
 
 def test_weights_of_both_checkpoints_are_used(runs_root):
     module = build_cli([*DATA_ARGS, "--trainer.logger=false"], run=False).model
-    a, label_a = figures._load_weights(module, runs_root / "synthetic/unet/ce/fold0_frac1_seed0/checkpoints/last.ckpt")
-    b, label_b = figures._load_weights(
-        module, runs_root / "synthetic/unet/caml/fold0_frac1_seed0/checkpoints/last.ckpt"
-    )
-    assert (label_a, label_b) == ("ce", "caml")
-    state = torch.load(runs_root / "synthetic/unet/ce/fold0_frac1_seed0/checkpoints/last.ckpt", weights_only=False)[
-        "state_dict"
-    ]
+    a, label_a = figures._load_weights(module, best(runs_root, "ce"))
+    b, label_b = figures._load_weights(module, best(runs_root, "caml"))
+    assert (label_a, label_b) == ("ce", "caml")  # the runs' loss labels, from their run.json
+    state = torch.load(best(runs_root, "ce"), weights_only=True)["state_dict"]
     assert all(torch.equal(v, state[k]) for k, v in a.state_dict().items() if k in state)
     assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
+def fake_run(runs_root: Path, name: str, **keys) -> Path:
+    """A run folder with the CE run's record under other keys, and logs written by hand."""
+    record = json.loads((runs_root / "ce" / Records.RUN).read_text())
+    record["keys"].update(keys)
+    folder = runs_root / name
+    (folder / "logs" / "version_0").mkdir(parents=True)
+    (folder / Records.RUN).write_text(json.dumps(record))
+    return folder
+
+
 def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     # A second seed of CE, written by hand, and a second fraction group.
-    for rel, scale in (("synthetic/unet/ce/fold0_frac1_seed1", 0.9), ("synthetic/unet/ml/fold0_frac0.5_seed0", 1.0)):
-        logs = runs_root / rel / "logs" / "version_0"
-        logs.mkdir(parents=True)
+    for name, scale, keys in (("ce_seed1", 0.9, {"seed": 1}), ("ml_half", 1.0, {"loss": "ml", "fraction": 0.5})):
+        logs = fake_run(runs_root, name, **keys) / "logs" / "version_0"
         with (logs / "metrics.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             names = [m for m, _ in plots.PANELS]
@@ -414,25 +431,25 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
             for epoch in range(2):
                 writer.writerow([epoch, 2 * epoch + 1, *([""] * 5), 0.3 + 0.1 * epoch])
     runs = plots.find_runs(runs_root)
-    assert sorted((m["loss"], m["fraction"], m["seed"]) for m, _ in runs) == [
+    assert sorted((k.loss, k.fraction, k.seed) for k, _, _ in runs) == [
         ("caml", 1.0, 0),
         ("ce", 1.0, 0),
         ("ce", 1.0, 1),
         ("ml", 0.5, 0),
     ]
-    series = plots.read_metrics(runs_root / "synthetic/unet/ce/fold0_frac1_seed0/logs/version_0/metrics.csv")
+    series = plots.read_metrics(runs_root / "ce" / "logs/version_0/metrics.csv")
     assert {m for m, _ in plots.PANELS} <= set(series)
     # One row per training step: 2 epochs × 3 batches under SMALL_RUN.
     assert len(series["train/p_bar"]) == 2 * 3 and sorted(series["val/miou"]) == [0, 1]
     # A resumed run goes on in version_1: its curves join both logs.
-    resumed = runs_root / "synthetic/unet/ml/fold0_frac0.5_seed0/logs"
+    resumed = runs_root / "ml_half" / "logs"
     (resumed / "version_1").mkdir()
     (resumed / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n1,3,0.9\n2,5,0.6\n")
-    (paths,) = [p for m, p in plots.find_runs(runs_root) if m["loss"] == "ml"]
+    (paths,) = [p for k, _, p in plots.find_runs(runs_root) if k.loss == "ml"]
     assert [p.parent.name for p in paths] == ["version_0", "version_1"]
     assert plots.read_metrics(paths)["val/miou"] == {0: 0.3, 1: 0.9, 2: 0.6}
 
     paths = plots.main(["compare", str(runs_root), "--out", str(tmp_path / "plots")])
-    assert sorted(p.name for p in paths) == ["synthetic_unet_frac0.5.png", "synthetic_unet_frac1.png"]
+    assert sorted(p.name for p in paths) == [f"synthetic_{MODEL}_frac0.5.png", f"synthetic_{MODEL}_frac1.png"]
     for path in paths:
         assert_png(path, 300)

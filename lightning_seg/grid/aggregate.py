@@ -1,6 +1,6 @@
 """Aggregating a grid: mean ± std over folds and seeds, beside the paper's numbers, with paired Wilcoxon tests.
 
-Reads every ``result.json`` under a grid's output root (:mod:`lightning_seg.grid.execute`) and writes:
+Reads the ``result.json`` of every run folder under a grid's output root (or of the given run folders) and writes:
 
 - ``summary.csv``: one row per (dataset, model, fraction, loss, metric): n, mean, std, the paper's mean and std;
 - ``wilcoxon.csv``: ML and CAML (the candidates) against every other loss of the same (dataset, model,
@@ -8,14 +8,15 @@ Reads every ``result.json`` under a grid's output root (:mod:`lightning_seg.grid
   signed-rank p-value on test mIoU;
 - ``results.md``: both, in the layout of the paper's Tables 1-4, one table per dataset.
 
-IoU is in percent, as in the paper. ``std`` is the sample standard deviation (ddof = 1) over runs.
+IoU is in percent, as in the paper. ``std`` is the sample standard deviation (ddof = 1) over runs. The runs
+averaged in one row must share their settings but for fold and seed (their ``cell``,
+:attr:`lightning_seg.run.RunIdentity.cell`); runs of other settings under the same keys are an error, never mixed.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -26,7 +27,7 @@ from pathlib import Path
 from scipy import stats
 
 from ..atomic import write_text_atomic
-from .execute import RESULT
+from ..run import Records, RunFolder, find_run_folders, group_name, settings_diff
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.csv")
 CANDIDATES = ("ml", "caml")
@@ -53,18 +54,35 @@ def group_order(group: Group) -> tuple:
     return (_rank(dataset, DATASET_ORDER), _rank(model, MODEL_ORDER), -fraction, _rank(loss, LOSS_ORDER))
 
 
-def collect(root: Path) -> list[dict]:
-    """Every run result under ``root`` (``<data>/<model>/<loss>/<run>/result.json``), in a stable order.
-
-    Exactly four levels deep: Ray Tune keeps files of the same name in its trial folders under ``root/ray``.
-    """
+def collect(root: Path, folders: Iterable[Path] | None = None) -> list[dict]:
+    """The results of the run folders under ``root`` (or of ``folders``), in a stable order; each record gets
+    the key ``folder`` (its run folder) beside what ``result.json`` holds. Folders without a result are skipped."""
     results = []
-    for path in sorted(Path(root).glob(f"*/*/*/*/{RESULT}")):
-        record = json.loads(path.read_text())
+    for folder in [RunFolder(f) for f in sorted(folders)] if folders is not None else find_run_folders(root):
+        record = folder.read(Records.RESULT)
+        if record is None:
+            continue
         if "keys" not in record or "metrics" not in record:
-            raise ValueError(f"{path} is not a grid result (no 'keys' or 'metrics')")
-        results.append(record)
+            raise ValueError(f"{folder.record_path(Records.RESULT)} is not a grid result (no 'keys' or 'metrics')")
+        results.append({**record, "folder": str(folder.path)})
     return results
+
+
+def check_cells(results: Sequence[dict]) -> None:
+    """Raise ``ValueError`` when one (dataset, model, fraction, loss) holds runs of different settings."""
+    cells: dict[Group, dict[str | None, dict]] = defaultdict(dict)
+    for record in results:
+        cells[_group(record)].setdefault(record.get("cell"), record)
+    for group, by_cell in cells.items():
+        if len(by_cell) > 1:
+            first, second = list(by_cell.values())[:2]
+            a, b = (RunFolder(r["folder"]).identity() for r in (first, second))
+            diff = settings_diff(a.settings, b.settings) if a and b else "unknown settings"
+            raise ValueError(
+                f"{group_name(*group[:3])}/{group[3]} holds runs of {len(by_cell)} different settings ({diff}; e.g. "
+                f"{first['folder']} and {second['folder']}): aggregate one setting at a time with "
+                "`lightning-seg-grid run GRID --aggregate` (same --set), or give each setting its own --out"
+            )
 
 
 def _group(record: dict) -> Group:
@@ -215,11 +233,15 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
     write_text_atomic(path, text.getvalue())
 
 
-def aggregate(root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES) -> dict[str, Path]:
-    """Aggregate the results under ``root`` into ``out`` (default ``root``); return the files written."""
-    results = collect(root)
+def aggregate(
+    root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES, folders: Iterable[Path] | None = None
+) -> dict[str, Path]:
+    """Aggregate the results under ``root`` (only those of ``folders`` if given) into ``out`` (default ``root``);
+    return the files written."""
+    results = collect(root, folders)
     if not results:
-        raise FileNotFoundError(f"no {RESULT} under {root}: run the grid first (lightning-seg-grid run …)")
+        raise FileNotFoundError(f"no {Records.RESULT} under {root}: run the grid first (lightning-seg-grid run …)")
+    check_cells(results)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     paper = load_paper_tables(paper_tables) if paper_tables else {}

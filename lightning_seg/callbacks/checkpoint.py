@@ -32,6 +32,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.loops import _FitLoop, _Loop
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -120,6 +121,23 @@ def weights_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
+class _EpochEndResumeFitLoop(_FitLoop):
+    """Lightning's fit loop, but a state saved after an epoch has finished resumes at the next epoch in the step
+    form (``max_steps``) too, as it does in the epoch form.
+
+    Lightning marks the fit loop as restarting on every resume of an iteration-based run (``max_steps`` set),
+    even from a finished epoch; its epoch loop then restarts in a state our epoch-end ``last.ckpt`` never holds:
+    it counts one step twice in the loggers' step and draws the next epoch's data differently, so a resumed run
+    departs from one that was never stopped. A state saved mid-epoch (a ``SIGTERM``) still restarts as before.
+    """
+
+    @_Loop.restarting.setter
+    def restarting(self, restarting: bool) -> None:
+        progress = self.epoch_progress.current
+        epoch_unfinished = progress.ready != progress.processed or progress.started != progress.processed
+        _Loop.restarting.fset(self, restarting and epoch_unfinished)
+
+
 class RunCheckpoint(Checkpoint):
     """Best weights at validation and a resumable ``last.ckpt`` on a time interval (module docstring).
 
@@ -169,6 +187,8 @@ class RunCheckpoint(Checkpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.folder = RunFolder(trainer.default_root_dir)
+        if type(trainer.fit_loop) is _FitLoop:  # before the checkpoint's loop state is restored
+            trainer.fit_loop.__class__ = _EpochEndResumeFitLoop
 
     def state_dict(self) -> dict[str, Any]:
         """Written into ``last.ckpt`` only (best checkpoints hold weights alone)."""

@@ -279,9 +279,10 @@ def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
     assert len(attempts(first)) == 1
     assert all(run_status(out / r.relpath) == "done" for r in runs)
     capsys.readouterr()
-    assert grid_main(["list", str(grid), "--out", str(out)]) == 0
+    settings = [f"--set={o}" for o in overrides]  # the same settings: the same runs, done
+    assert grid_main(["list", str(grid), "--out", str(out), *settings]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"3 runs in {out.resolve()}: 3 done"
-    assert grid_main(["list", str(grid), "--out", str(out), "--commands"]) == 0
+    assert grid_main(["list", str(grid), "--out", str(out), *settings, "--commands"]) == 0
     commands = capsys.readouterr().out.splitlines()[:3]
     assert [shlex.split(c) for c in commands] == [r.command(out.resolve() / r.relpath) for r in runs]
 

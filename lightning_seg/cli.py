@@ -79,7 +79,7 @@ class SegmentationCLI(LightningCLI):
             default=False,
             help="After fit, test the best checkpoint in the same process (fit only).",
         )
-        for attribute in ("num_classes", "in_channels", "class_names", "ignore_index"):
+        for attribute in ("num_classes", "in_channels", "class_names", "ignore_index", "curvilinear_classes"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:

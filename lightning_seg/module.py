@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 
+from .evaluation.test_time import EvaluationSettings, TestEvaluation, check_curvilinear_classes, finish_test
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
 
@@ -28,13 +29,20 @@ class SegmentationModule(L.LightningModule):
         model_kwargs: keyword arguments of the model (e.g. ``{"base_channels": 16}``).
         loss: a :class:`~lightning_seg.losses.SegmentationLoss` or a registry name (``ce``, ``dice``,
             ``additive``, ``ml``, ``caml``, ...), built with ``ignore_index``.
-        num_classes, in_channels, class_names, ignore_index: set from the DataModule by the CLI.
+        num_classes, in_channels, class_names, ignore_index, curvilinear_classes: set from the DataModule by
+            the CLI (``curvilinear_classes``: names of the thin, tubular classes that also get clDice).
+        evaluation: options of the per-image evaluation at test time (NSD tolerance, empty-class policy,
+            calibration bins); see :class:`~lightning_seg.evaluation.EvaluationSettings`.
         optimizer: optimizer factory; Adam with lr 1e-3 by default, as in the paper.
         lr_scheduler: optional scheduler factory.
 
     Logged per split ``s``: ``s/loss``, ``s/iou_<class>`` for every class, ``s/miou`` (their mean over
     classes present in prediction or target of the split) and ``s/dice`` (macro pixel F1 = Dice). Metrics
     accumulate over the whole split (dataset-level IoU), not per batch.
+
+    Every test also scores each test image and class (Dice, IoU, HD95, NSD, clDice), measures calibration
+    (``test/ece``, ``test/ece_<class>``) and writes the records of :mod:`lightning_seg.evaluation.records`
+    into ``trainer.default_root_dir`` (docs/evaluation.md). Training and validation are unchanged.
     """
 
     def __init__(
@@ -46,8 +54,10 @@ class SegmentationModule(L.LightningModule):
         in_channels: int = 1,
         class_names: Sequence[str] | None = None,
         ignore_index: int | None = 255,
+        curvilinear_classes: Sequence[str] = (),
         optimizer: OptimizerCallable = adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        evaluation: EvaluationSettings | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -55,11 +65,15 @@ class SegmentationModule(L.LightningModule):
         class_names = [f"class{i}" for i in range(num_classes)] if class_names is None else list(class_names)
         if len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        check_curvilinear_classes(curvilinear_classes, class_names)
+        # evaluation settings are recorded with the scores they produce (test_evaluation.json), not in hparams
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler", "evaluation"])
         self.hparams["loss_name"] = loss if isinstance(loss, str) else loss.name
         self.class_names = class_names
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.evaluation = evaluation or EvaluationSettings()
+        self.test_evaluation: TestEvaluation | None = None
         self.configure_models()
         self.configure_losses(loss)
         self.configure_metrics()
@@ -101,7 +115,8 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _step(self, batch: dict, split: str) -> Tensor:
+    def _step(self, batch: dict, split: str) -> tuple[Tensor, Tensor]:
+        """The loss and the logits of a batch; updates the split's metrics and logs the loss."""
         logits = self(batch["image"])
         target = batch["mask"]
         loss = self.loss(logits, target)
@@ -109,16 +124,24 @@ class SegmentationModule(L.LightningModule):
         self.log(
             f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=target.shape[0]
         )
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def on_test_epoch_start(self) -> None:
+        hp = self.hparams
+        self.test_evaluation = TestEvaluation(
+            self.class_names, hp.curvilinear_classes, hp.ignore_index, self.evaluation
+        )
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
+        _, logits = self._step(batch, "test")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.test_evaluation.update(logits, batch["mask"], batch.get("id"), getattr(datamodule, "sample_group", None))
 
     def _log_epoch_metrics(self, split: str) -> None:
         values = self.split_metrics(split).compute()
@@ -137,6 +160,7 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        finish_test(self, self.test_evaluation)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

@@ -77,6 +77,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     class_names: ClassVar[tuple[str, ...]] = ()
     in_channels: ClassVar[int] = 1
+    #: classes of thin, tubular structures (vessels, membranes): the test also scores them with clDice
+    curvilinear_classes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -274,6 +274,7 @@ class DrosophilaDataModule(FileDataModule):
 
     name = "drosophila"
     class_names = ("membrane", "mitochondria", "synapse", "glia/extracellular", "intracellular")
+    curvilinear_classes = ("membrane",)  # thin cell boundaries: clDice's own EM benchmark (CREMI) scores them
     in_channels = 1
     native_size = (1024, 1024)
     image_mode = "L"
@@ -373,6 +374,7 @@ class ChaseDataModule(FileDataModule):
 
     name = "chase"
     class_names = ("background", "retinal vessel")
+    curvilinear_classes = ("retinal vessel",)
     in_channels = 3
     native_size = (960, 999)
     image_mode = "RGB"

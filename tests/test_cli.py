@@ -2,12 +2,15 @@
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_seg.cli import TEST_METRICS, build_cli, run_dir, run_keys
+from lightning_seg.data import SyntheticDataModule
+from lightning_seg.evaluation import EVALUATION, PER_IMAGE, RELIABILITY, read_per_image
 from lightning_seg.loggers import run_metadata
 from tests.conftest import CONFIGS, SMALL_RUN, compose
 
@@ -99,6 +102,26 @@ def test_data_attributes_are_linked_into_the_model(tmp_path):
     assert list(cli.model.class_names) == ["background", "region", "curve", "blob"]
     assert cli.model.hparams.in_channels == 1
     assert cli.model.loss.ignore_index == cli.datamodule.ignore_index == 255
+    assert tuple(cli.model.hparams.curvilinear_classes) == ("curve",)
+
+
+def test_every_test_writes_per_image_records_with_the_configured_evaluation(tmp_path):
+    root = tmp_path / "run"
+    options = ["--model.init_args.evaluation.nsd_tolerance=1", "--model.init_args.evaluation.both_empty=perfect"]
+    args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml"), *SMALL_RUN, *options]
+    build_cli(["fit", *args, f"--trainer.default_root_dir={root}", "--test_after_fit=true"])
+    test_ids = SyntheticDataModule(num_images=20, image_size=32).split_ids()["test"]
+    rows = read_per_image(root / PER_IMAGE)
+    assert [(r["id"], r["class"]) for r in rows] == [(i, c) for i in test_ids for c in SyntheticDataModule.class_names]
+    for row in rows:  # both_empty=perfect: a number everywhere but clDice of the classes that are not curvilinear
+        assert not any(math.isnan(row[s]) for s in ("dice", "iou", "hd95", "nsd"))
+        assert math.isnan(row["cldice"]) == (row["class"] != "curve")
+    record = json.loads((root / EVALUATION).read_text())
+    assert record["settings"]["nsd_tolerance"] == 1.0 and record["settings"]["both_empty"] == "perfect"
+    assert record["ckpt_path"] == json.loads((root / "checkpoints" / "best.json").read_text())["best_model_path"]
+    assert (root / RELIABILITY).is_file()
+    metrics = json.loads((root / TEST_METRICS).read_text())["metrics"]
+    assert 0 <= metrics["test/ece"] <= 1 and "test/cldice_curve" in metrics and "test/miou" in metrics
 
 
 def test_test_best_without_a_fit_explains(tmp_path):

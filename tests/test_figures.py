@@ -161,3 +161,26 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     assert sorted(p.name for p in paths) == ["synthetic_unet_frac0.5.png", "synthetic_unet_frac1.png"]
     for path in paths:
         assert_png(path, 300)
+
+
+def test_compare_draws_the_per_image_test_scores_of_tested_runs(runs_root, tmp_path):
+    import shutil
+
+    from lightning_seg.evaluation.records import EVALUATION, PER_IMAGE, write_per_image
+
+    runs_root = shutil.copytree(runs_root, tmp_path / "runs")  # the fixture's runs stay untested for the others
+    base = {"sample_group": "", "case": "both_present", "target_pixels": 5, "pred_pixels": 5, "iou": 0.5}
+    for loss, dice in (("ce", 0.4), ("caml", 0.6)):
+        run = runs_root / "synthetic/unet" / loss / "fold0_frac1_seed0"
+        rows = [
+            {**base, "id": f"{i:04d}", "class": c, "dice": dice + i / 100, "hd95": 3.0 + i, "nsd": dice, "cldice": dice if c == "curve" else float("nan")}
+            for i in range(4)
+            for c in ("background", "curve")
+        ]  # fmt: skip
+        write_per_image(run / PER_IMAGE, rows)
+        (run / EVALUATION).write_text('{"calibration": {"ece": %s}}' % (dice / 10))
+    paths = plots.compare(runs_root, tmp_path / "plots")
+    figure = tmp_path / "plots" / "synthetic_unet_frac1_test.png"
+    assert figure in paths and len(paths) == len({p.name for p in paths})
+    assert_png(figure, 300)
+    assert plots.test_figure("g", {"ce": [tmp_path]}, {"ce": "red"}, tmp_path / "none.png") is None

@@ -11,7 +11,13 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 
-from .evaluation.test_time import EvaluationSettings, TestEvaluation, check_curvilinear_classes, finish_test
+from .evaluation.test_time import (
+    DEFAULT_SETTINGS,
+    EvaluationSettings,
+    TestEvaluation,
+    check_curvilinear_classes,
+    finish_test,
+)
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
 
@@ -57,7 +63,7 @@ class SegmentationModule(L.LightningModule):
         curvilinear_classes: Sequence[str] = (),
         optimizer: OptimizerCallable = adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        evaluation: EvaluationSettings | None = None,
+        evaluation: EvaluationSettings = DEFAULT_SETTINGS,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -72,7 +78,7 @@ class SegmentationModule(L.LightningModule):
         self.class_names = class_names
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self.evaluation = evaluation or EvaluationSettings()
+        self.evaluation = evaluation
         self.test_evaluation: TestEvaluation | None = None
         self.configure_models()
         self.configure_losses(loss)

@@ -155,9 +155,10 @@ def test_figure(group: str, run_dirs: dict[str, list[Path]], colours: dict, path
         return None
     ece = {
         loss: [
-            json.loads((run / EVALUATION).read_text())["calibration"]["ece"]
+            value
             for run in dirs
             if (run / EVALUATION).is_file()
+            and (value := json.loads((run / EVALUATION).read_text())["calibration"]["ece"]) is not None
         ]
         for loss, dirs in sorted(run_dirs.items())
     }

@@ -53,6 +53,10 @@ def test_notebook_runs(name, kernel, tmp_path):
         assert "synthetic,unet,1.0,caml,miou,3," in summary and "synthetic,unet,1.0,ce,miou,3," in summary
         assert "| unet | 1 | caml | 3 |" in (workdir / "runs/grids/synthetic/results.md").read_text()
         assert (workdir / "plots/synthetic_unet_frac1.png").is_file()
+        assert (workdir / "plots/synthetic_unet_frac1_test.png").is_file()  # per-image scores per loss
+        assert "synthetic,unet,1.0,caml,image_dice_curve,3," in summary
+        assert (workdir / "runs/grids/synthetic/paired_images.csv").is_file()
+        assert "ECE (top label):" in text
     images = [
         o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})
     ]

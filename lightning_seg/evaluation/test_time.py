@@ -69,6 +69,10 @@ def check_curvilinear_classes(curvilinear_classes: Sequence[str], class_names: S
         raise ValueError(f"curvilinear_classes {unknown} are not among the class names {list(class_names)}")
 
 
+#: The defaults, as one immutable value (the module's default argument).
+DEFAULT_SETTINGS = EvaluationSettings()
+
+
 class TestEvaluation:
     """Per-image rows and the calibration histogram of one test epoch.
 
@@ -86,13 +90,13 @@ class TestEvaluation:
         class_names: Sequence[str],
         curvilinear_classes: Sequence[str] = (),
         ignore_index: int | None = None,
-        settings: EvaluationSettings | None = None,
+        settings: EvaluationSettings = DEFAULT_SETTINGS,
     ) -> None:
         check_curvilinear_classes(curvilinear_classes, class_names)
         self.class_names = list(class_names)
         self.curvilinear_classes = list(curvilinear_classes)
         self.ignore_index = ignore_index
-        self.settings = settings or EvaluationSettings()
+        self.settings = settings
         self.rows: list[dict] = []
         self.calibration = CalibrationHistogram(len(self.class_names), self.settings.calibration_bins)
 

@@ -5,7 +5,8 @@ scores each run's test wrote beside it (:mod:`lightning_seg.evaluation.records`)
 
 - ``summary.csv``: one row per (dataset, model, fraction, loss, metric): n runs, mean, std, a bootstrap 95 %
   interval, the paper's mean and std. Run-level metrics (``miou``, ``iou_<class>``, ``ece``, ``ece_<class>``)
-  are over runs; per-image metrics (``image_<score>`` over classes, ``image_<score>_<class>``) over images × runs;
+  are over runs (``level`` "run"); per-image metrics (``image_<score>`` over classes, ``image_<score>_<class>``)
+  over images × runs (``level`` "image");
 - ``wilcoxon.csv``: ML and CAML (the candidates) against every other loss of the same (dataset, model,
   fraction): the number of (fold, seed) pairs, the mean paired difference and the two-sided Wilcoxon
   signed-rank p-value on test mIoU, raw and Holm-adjusted;
@@ -426,7 +427,7 @@ def aggregate(root: Path, out: Path | None = None, paper_tables: Path | None = P
                 **{k: row[k] for k in ("dataset", "model", "fraction", "loss", "metric", "n", "mean", "std")},
                 "ci_low": row["ci_low"],
                 "ci_high": row["ci_high"],
-                "level": "image×run",
+                "level": "image",
                 "n_values": row["n_values"],
                 "paper_mean": math.nan,
                 "paper_std": math.nan,

@@ -184,7 +184,9 @@ def test_a_missed_structure_never_scores_better_than_a_found_one():
     far = box((32, 32), 30, 30, 2, 2)
     missed = class_scores(np.zeros_like(target), target, tolerance=1.0)
     found_far = class_scores(far, target, tolerance=1.0)
-    assert missed["hd95"] == pytest.approx(math.hypot(32, 32)) > found_far["hd95"]
+    assert missed["hd95"] == pytest.approx(math.hypot(32, 32))
+    # the far box's boundary pixels lie 41.0 to 42.4 pixels from the target's: its HD95 is about 42.3
+    assert missed["hd95"] > found_far["hd95"] > 41.0
     assert missed["nsd"] == 0.0 and not any(math.isnan(missed[s]) for s in ("dice", "iou", "hd95", "nsd"))
 
 
@@ -233,3 +235,9 @@ def test_docstring_examples():
     for module in (metrics, policy, calibration):
         result = doctest.testmod(module, extraglobs={"np": np, "torch": torch})
         assert result.attempted and not result.failed, module.__name__
+
+
+def test_docs_print_the_policy_table():
+    from tests.conftest import REPO
+
+    assert policy.policy_table() in (REPO / "docs" / "evaluation.md").read_text()

@@ -173,7 +173,7 @@ def test_per_image_metrics_are_summarised_over_images_and_runs(image_grid):
         rows = {(r["loss"], r["metric"]): r for r in csv.DictReader(handle)}
     ce_vessel = rows["ce", "image_dice_retinal vessel"]
     # 5 values (the both-empty image of seed 0 has none): 50, 60, 70, 60, 40
-    assert ce_vessel["level"] == "image×run" and ce_vessel["n"] == "2" and ce_vessel["n_values"] == "5"
+    assert ce_vessel["level"] == "image" and ce_vessel["n"] == "2" and ce_vessel["n_values"] == "5"
     assert float(ce_vessel["mean"]) == pytest.approx(56.0)
     assert float(ce_vessel["std"]) == pytest.approx(statistics.stdev([50, 60, 70, 60, 40]))
     assert float(ce_vessel["ci_low"]) <= 56.0 <= float(ce_vessel["ci_high"])

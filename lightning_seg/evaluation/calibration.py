@@ -144,6 +144,7 @@ def reliability_diagram(histogram: CalibrationHistogram, class_names: list[str],
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # no pyplot: no backend is chosen or changed
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(11, 6))
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 1))
@@ -155,13 +156,12 @@ def reliability_diagram(histogram: CalibrationHistogram, class_names: list[str],
     confidence = np.array([np.nan if c is None else c for c in curve["confidence"]], dtype=float)
     filled = ~np.isnan(accuracy)
     top.bar(centres[filled], accuracy[filled], width=width, edgecolor="black", color="tab:blue", label="accuracy")
-    top.bar(
+    top.bar(  # hatched outline, so the accuracy bar stays visible under it
         centres[filled],
         np.abs(confidence - accuracy)[filled],
         bottom=np.minimum(accuracy, confidence)[filled],
         width=width,
-        color="tab:red",
-        alpha=0.35,
+        fill=False,
         hatch="//",
         edgecolor="tab:red",
         label="gap to the bin's mean confidence",
@@ -170,8 +170,17 @@ def reliability_diagram(histogram: CalibrationHistogram, class_names: list[str],
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"top label: ECE {100 * histogram.ece():.2f} %")
     top.legend(loc="upper left", fontsize=8)
     counts = np.array(curve["count"], dtype=float)
-    share.bar(centres, counts / max(counts.sum(), 1.0), width=width, color="tab:gray", edgecolor="black")
-    share.set(xlim=(0, 1), yscale="log", xlabel="confidence (largest class probability)", ylabel="share of pixels")
+    shares = counts / max(counts.sum(), 1.0)
+    share.bar(centres, shares, width=width, color="tab:gray", edgecolor="black")
+    lowest = shares[shares > 0].min() if (shares > 0).any() else 1.0
+    share.set(
+        xlim=(0, 1),
+        yscale="log",
+        ylim=(10 ** np.floor(np.log10(lowest)), 1.0),  # whole decades, however close the bars are
+        xlabel="confidence (largest class probability)",
+        ylabel="share of pixels",
+    )
+    share.yaxis.set_minor_formatter(NullFormatter())
     cmap = colormaps["tab10"]
     for c, (name, ece) in enumerate(zip(class_names, histogram.class_ece(), strict=True)):
         points = histogram.curve(c)

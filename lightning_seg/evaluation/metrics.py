@@ -5,14 +5,19 @@ one is exact, with its conventions pinned here and in docs/evaluation.md:
 
 - **Dice, IoU** from pixel counts over the image's non-ignored pixels: ``2|P∩T| / (|P| + |T|)`` and
   ``|P∩T| / |P∪T|`` (the per-image analogue of the dataset-level torchmetrics scores the module logs).
-- **HD95** by :func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``: boundary pixels are the
-  pixels of a mask removed by one binary erosion with the 4-connected cross (``scipy.ndimage.binary_erosion``,
+- **HD95** as :func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``: boundary pixels are
+  the pixels of a mask removed by one binary erosion with the 4-connected cross (``scipy.ndimage.binary_erosion``,
   pixels outside the image count as background); distances are Euclidean between pixel centres, spacing
   1 pixel; each direction (prediction → target boundary and back) gives its 95th percentile
   (``torch.quantile``, linear interpolation) and HD95 is the larger of the two.
-- **NSD** (normalised surface Dice, Nikolov et al. 2021) by :func:`monai.metrics.compute_surface_dice` on the
+- **NSD** (normalised surface Dice, Nikolov et al. 2021) as :func:`monai.metrics.compute_surface_dice` on the
   same boundaries and distances: the share of boundary pixels of both masks within ``tolerance`` pixels
   (``≤``) of the other mask's boundary; no sub-pixel boundary areas (``use_subvoxels=False``).
+
+  Both take their boundaries and distances from one call of MONAI's
+  :func:`monai.metrics.utils.get_edge_surface_distance`, the function both of MONAI's metrics call, instead
+  of computing them twice (half the cost); the reductions are those two functions' (a test checks that the
+  values are equal).
 - **clDice** (Shit et al. 2021) with :func:`skimage.morphology.skeletonize` (Zhang-Suen thinning in 2-D):
   ``Tprec = |S(P) ∩ T| / |S(P)|``, ``Tsens = |S(T) ∩ P| / |S(T)|``, ``clDice = 2·Tprec·Tsens / (Tprec + Tsens)``
   (0 when both are 0). Thinning never deletes the last pixel of a component, so a non-empty mask has a
@@ -75,21 +80,20 @@ def surface_scores(pred: np.ndarray, target: np.ndarray, tolerance: float) -> tu
         >>> surface_scores(square, np.roll(square, 1, axis=1), tolerance=0.5)
         (1.0, 0.5)
     """
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics.utils import get_edge_surface_distance
 
     pred, target = _check_masks(pred, target)
     if not pred.any() or not target.any():
         raise ValueError("surface distances need two non-empty masks; see lightning_seg.evaluation.policy")
     if not tolerance >= 0:
         raise ValueError(f"the NSD tolerance must be ≥ 0 pixels, got {tolerance}")
-    y_pred = torch.from_numpy(pred)[None, None]
-    y = torch.from_numpy(target)[None, None]
     with warnings.catch_warnings():
         # MONAI ≥ 1.5 warns about a deprecated argument of its own internal calls; nothing a user can act on.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
-        hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=HD_PERCENTILE)
-        nsd = compute_surface_dice(y_pred, y, [float(tolerance)], include_background=True)
-    return float(hd95), float(nsd)
+        _, distances, _ = get_edge_surface_distance(torch.from_numpy(pred), torch.from_numpy(target), symmetric=True)
+    hd95 = max(float(torch.quantile(d, HD_PERCENTILE / 100)) for d in distances)
+    within = sum(int((d <= tolerance).sum()) for d in distances)
+    return hd95, within / sum(len(d) for d in distances)
 
 
 def cldice(pred: np.ndarray, target: np.ndarray) -> float:

@@ -101,6 +101,21 @@ def test_surface_scores_match_scipy_distance_transforms(seed):
         assert got[1] == pytest.approx(want[1], abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")  # MONAI's own internal call
+@pytest.mark.parametrize("seed", range(4))
+def test_surface_scores_equal_monais_public_metrics(seed):
+    """One edge-and-distance computation for both scores gives exactly MONAI's two metric functions' values."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    rng = np.random.default_rng(seed)
+    pred, target = (ndimage.gaussian_filter(rng.standard_normal((40, 56)), 2) > 0.3 for _ in range(2))
+    y_pred, y = torch.from_numpy(pred)[None, None], torch.from_numpy(target)[None, None]
+    hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95).item()
+    for tolerance in (0.0, 1.0, 2.0):
+        nsd = compute_surface_dice(y_pred, y, [tolerance], include_background=True).item()
+        assert surface_scores(pred, target, tolerance) == (pytest.approx(hd95, abs=0), pytest.approx(nsd, abs=1e-7))
+
+
 def test_surface_scores_refuse_empty_masks_and_negative_tolerance():
     empty, line = np.zeros((8, 8), bool), hline((8, 8), 2, 1, 6)
     with pytest.raises(ValueError, match="two non-empty masks"):

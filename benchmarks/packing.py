@@ -57,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside this script
 from models import device_name  # noqa: E402
 
-from lightning_seg.cli import PARENT_PID_VARIABLE  # noqa: E402
 from lightning_seg.grid.execute import local_slots  # noqa: E402
+from lightning_seg.grid.parent import PARENT_PID_VARIABLE  # noqa: E402
 
 HEADER = (
     "| date | device | torch | model | precision | batch × size | runs packed | aggregate images/s "
@@ -188,7 +188,7 @@ def worker(args: argparse.Namespace) -> int:
     import lightning as L
 
     from lightning_seg import SegmentationModule
-    from lightning_seg.cli import end_with_parent
+    from lightning_seg.grid.parent import end_with_parent
 
     end_with_parent()  # as a grid's run does: end when the parent dies
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -1,11 +1,12 @@
 """Experiment loggers: W&B that falls back to offline mode when no API key is configured.
 
-The CLI (:class:`lightning_seg.cli.SegmentationCLI`) gives every W&B run
+The CLI (:class:`lightning_seg.cli.SegmentationCLI`) gives every W&B run, from the run's keys
+(:class:`lightning_seg.run.RunKeys`, the same strings as its folder and records):
 
-- a name from the loss and a group ``<data>/<model>/frac<f>`` derived from the run directory, unless the
-  config sets them (see :func:`run_metadata`);
+- a name ``<loss>-fold<k>-seed<s>`` and a group ``<data>/<model>/frac<f>``, unless the config sets them;
 - config keys ``dataset``, ``model``, ``loss``, ``fraction``, ``fold`` and ``seed``, so that a dashboard can
-  group runs by dataset/model/fraction and colour them by loss;
+  group runs by dataset/model/fraction and colour them by loss, and ``fingerprint`` and ``cell``
+  (:class:`lightning_seg.run.RunIdentity`), so that runs of other settings are never averaged together;
 - the full resolved LightningCLI config under the key ``cli``.
 """
 
@@ -13,14 +14,11 @@ from __future__ import annotations
 
 import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-
-_RUN_LEAF = re.compile(r"fold(?P<fold>\d+)_frac(?P<fraction>[^_]+)_seed(?P<seed>-?\d+)$")
 
 
 def wandb_credentials_available() -> bool:
@@ -33,41 +31,12 @@ def wandb_credentials_available() -> bool:
         return False
 
 
-def run_metadata(run_dir: str | Path) -> dict[str, Any]:
-    """``dataset, model, loss, fraction, fold, seed`` of a ``…/<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>`` path.
-
-    Raises ``ValueError`` for a path of another shape.
-    """
-    parts = Path(run_dir).parts
-    match = _RUN_LEAF.match(parts[-1]) if parts else None
-    if match is None or len(parts) < 4:
-        raise ValueError(f"{run_dir} is not a run directory <data>/<model>/<loss>/fold<k>_frac<f>_seed<s>")
-    return {
-        "dataset": parts[-4],
-        "model": parts[-3],
-        "loss": parts[-2],
-        "fraction": float(match["fraction"]),
-        "fold": int(match["fold"]),
-        "seed": int(match["seed"]),
-    }
-
-
-def run_name(meta: dict[str, Any]) -> str:
-    """W&B run name: the loss, then fold and seed (``caml-fold0-seed0``)."""
-    return f"{meta['loss']}-fold{meta['fold']}-seed{meta['seed']}"
-
-
-def run_group(meta: dict[str, Any]) -> str:
-    """W&B run group: ``<data>/<model>/frac<f>``, the runs a comparison dashboard puts in one panel."""
-    return f"{meta['dataset']}/{meta['model']}/frac{meta['fraction']:g}"
-
-
 class WandbLogger(_WandbLogger):
     """Lightning's ``WandbLogger`` with ``offline=None`` meaning "offline unless credentials are available".
 
     Offline runs are written under ``save_dir/wandb`` and can be uploaded later with ``wandb sync``.
-    ``save_dir=None`` is filled in by the CLI with the run directory, ``name`` and ``group`` (when ``None``)
-    with names derived from it.
+    ``save_dir=None`` is filled in by the CLI with the run folder, ``name`` and ``group`` (when ``None``)
+    with :attr:`lightning_seg.run.RunKeys.name` and :attr:`~lightning_seg.run.RunKeys.group`.
     """
 
     def __init__(
@@ -83,7 +52,12 @@ class WandbLogger(_WandbLogger):
             offline = not wandb_credentials_available()
         if group is not None:
             kwargs["group"] = group
-        super().__init__(project=project, name=name, save_dir=save_dir or ".", offline=offline, **kwargs)
+        # W&B looks for a git repository from save_dir, and warns when that folder does not exist (yet).
+        save_dir = Path(save_dir or ".").resolve()
+        save_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(project=project, name=name, save_dir=str(save_dir), offline=offline, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns that the setting has no effect
+            self._wandb_init.pop("anonymous", None)
         self._run_config: dict[str, Any] = {}
 
     @rank_zero_only

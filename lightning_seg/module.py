@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassJaccardIndex
 
 from .evaluation.test_time import (
     DEFAULT_SETTINGS,
@@ -20,6 +20,53 @@ from .evaluation.test_time import (
 )
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
+
+EVALUATION_SPLITS = ("val", "test")
+
+
+def _counts_by_bincount(bins: Tensor, size: int) -> Tensor:
+    return torch.bincount(bins, minlength=size + 1)[:size]
+
+
+def _counts_by_product(target: Tensor, preds: Tensor, num_classes: int) -> Tensor:
+    classes = torch.arange(num_classes, device=preds.device)
+    actual = (target.reshape(-1, 1) == classes).to(torch.float64)  # an ignored pixel matches no class
+    predicted = (preds.reshape(-1, 1) == classes).to(torch.float64)
+    return (actual.T @ predicted).flatten()
+
+
+def confusion_counts(preds: Tensor, target: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
+    """C×C counts (rows: target class, columns: predicted class) of class-index maps; ``ignore_index`` pixels
+    count nowhere. Nothing waits for the device: on the CPU a bincount, elsewhere (where ``torch.bincount`` reads
+    its maximum back to the host) a product of one-hot indicator matrices in float64 (exact counts, no TF32).
+    Inputs must be class indices (``preds`` in ``[0, C)``, ``target`` in ``[0, C)`` or ``ignore_index``)."""
+    size = num_classes * num_classes
+    if preds.device.type != "cpu":
+        return _counts_by_product(target, preds, num_classes).round().long().reshape(num_classes, num_classes)
+    bins = target * num_classes + preds
+    if ignore_index is not None:
+        bins = torch.where(target == ignore_index, size, bins)
+    return _counts_by_bincount(bins.flatten(), size).reshape(num_classes, num_classes)
+
+
+class JaccardIndex(MulticlassJaccardIndex):
+    """torchmetrics' :class:`~torchmetrics.classification.MulticlassJaccardIndex` with an update that never waits
+    for the device (:func:`confusion_counts`).
+
+    torchmetrics drops ``ignore_index`` pixels by boolean indexing, a device→host sync on a GPU at every step,
+    and in deterministic mode counts with a pixels × C² comparison, several times slower. ``compute`` is
+    torchmetrics'.
+    """
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.confmat += confusion_counts(preds, target, self.num_classes, self.ignore_index)
+
+
+def is_logging_step(trainer: L.Trainer) -> bool:
+    """Whether the loggers receive this training step's values: every ``log_every_n_steps``-th step, a step after
+    which the trainer stops early, and every step of ``fast_dev_run``. The rule is Lightning's own (its
+    ``LearningRateMonitor`` reads the same property)."""
+    return bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
 
 def adam(params) -> torch.optim.Optimizer:
@@ -43,8 +90,12 @@ class SegmentationModule(L.LightningModule):
         lr_scheduler: optional scheduler factory.
 
     Logged per split ``s``: ``s/loss``, ``s/iou_<class>`` for every class, ``s/miou`` (their mean over
-    classes present in prediction or target of the split) and ``s/dice`` (macro pixel F1 = Dice). Metrics
-    accumulate over the whole split (dataset-level IoU), not per batch.
+    classes present in prediction or target) and ``s/dice`` (macro pixel F1 = Dice over the same classes, from
+    the same confusion matrix: ``Dice_c = 2 IoU_c / (1 + IoU_c)``). Metrics accumulate over
+    many batches (dataset-level IoU), not per batch: for ``val`` and ``test`` over the whole split; for
+    ``train`` over the training batches since the previous validation, logged with it. ``train/loss`` is the
+    loss of the step, logged at logging steps only (every ``trainer.log_every_n_steps``, see
+    :func:`is_logging_step`), so that other steps convert nothing to Python numbers (no device→host sync).
 
     Every test also scores each test image and class (Dice, IoU, HD95, NSD, clDice), measures calibration
     (``test/ece``, ``test/ece_<class>``) and writes the records of :mod:`lightning_seg.evaluation.records`
@@ -103,17 +154,20 @@ class SegmentationModule(L.LightningModule):
         hp = self.hparams
         metrics = MetricCollection(
             {
-                # Classes absent from prediction and target give NaN, left out of the mean.
-                "iou": MulticlassJaccardIndex(
+                # Classes absent from prediction and target give NaN, left out of the means. One confusion
+                # matrix gives IoU and Dice: a second metric (F1) would double the cost of every update. The
+                # inputs are an argmax and targets that the loss has checked in the same step.
+                "iou": JaccardIndex(
                     hp.num_classes, average="none", ignore_index=hp.ignore_index, zero_division=float("nan")
                 ),
-                "dice": MulticlassF1Score(hp.num_classes, average="macro", ignore_index=hp.ignore_index),
             }
         )
         # Attributes, not a ModuleDict: a key "train" would shadow nn.Module.train.
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        #: evaluation split -> (Σ loss × batch size, Σ batch size) of the batches so far, on the device
+        self._loss_sums: dict[str, tuple[Tensor, int]] = {}
 
     def split_metrics(self, split: str) -> MetricCollection:
         return getattr(self, f"{split}_metrics")
@@ -127,9 +181,13 @@ class SegmentationModule(L.LightningModule):
         target = batch["mask"]
         loss = self.loss(logits, target)
         self.split_metrics(split).update(logits.argmax(dim=1), target)
-        self.log(
-            f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=target.shape[0]
-        )
+        batch_size = target.shape[0]
+        if split == "train":
+            if is_logging_step(self.trainer):
+                self.log("train/loss", loss, batch_size=batch_size)
+        else:  # the split's mean loss, weighted by batch size, summed on the device and logged at the end
+            total, count = self._loss_sums.get(split, (0.0, 0))
+            self._loss_sums[split] = (total + loss.detach() * batch_size, count + batch_size)
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -137,12 +195,6 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
-
-    def on_test_epoch_start(self) -> None:
-        hp = self.hparams
-        self.test_evaluation = TestEvaluation(
-            self.class_names, hp.curvilinear_classes, hp.ignore_index, self.evaluation
-        )
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         _, logits = self._step(batch, "test")
@@ -154,15 +206,30 @@ class SegmentationModule(L.LightningModule):
         iou = values.pop(f"{split}/iou")
         for name, value in zip(self.class_names, iou, strict=True):
             values[f"{split}/iou_{name}"] = value
+        values[f"{split}/dice"] = (2 * iou / (1 + iou)).nanmean()  # 2TP / (2TP + FP + FN) per class
+        if split in EVALUATION_SPLITS and split in self._loss_sums:
+            total, count = self._loss_sums.pop(split)
+            self.log(f"{split}/loss", total / count, prog_bar=split == "val")
         self.log_dict(values)
         self.log(f"{split}/miou", iou.nanmean(), prog_bar=split != "test")
         self.split_metrics(split).reset()
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+    def on_validation_epoch_start(self) -> None:
+        self._loss_sums.pop("val", None)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
+        # The training batches since the previous validation, logged with it: the same window in every run of
+        # a step budget, whatever the size of an epoch (none in the sanity check or a bare `validate`).
+        if not self.trainer.sanity_checking and self.train_metrics["iou"].update_count:
+            self._log_epoch_metrics("train")
+
+    def on_test_epoch_start(self) -> None:
+        self._loss_sums.pop("test", None)
+        hp = self.hparams
+        self.test_evaluation = TestEvaluation(
+            self.class_names, hp.curvilinear_classes, hp.ignore_index, self.evaluation
+        )
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

@@ -1,15 +1,16 @@
 """Local comparison plots from the CSV logs, the offline equivalent of the W&B dashboard (docs/dashboards.md).
 
-``python -m lightning_seg.plots compare RUNS_ROOT --out DIR`` reads every run's ``logs/version_*/metrics.csv``
-under ``RUNS_ROOT`` (the latest version of each run directory
-``<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>``) and writes one figure per dataset/model/fraction group,
-``DIR/<data>_<model>_frac<f>.png``: per training step ``train/p_bar``, ``train/dice_coef``, ``train/alpha``,
-``train/ce``, ``train/dice_loss``, and ``val/miou`` per epoch, one line per loss (one colour per loss, the
-same in every figure). Runs of the same loss in a group (folds, seeds) are averaged, with a ± 1 std band.
+``python -m lightning_seg.plots compare RUNS_ROOT --out DIR`` reads the ``logs/version_*/metrics.csv`` of every
+run folder under ``RUNS_ROOT`` (:func:`lightning_seg.run.find_run_folders`; its keys from its ``run.json``) and
+writes one figure per dataset/model/fraction group, ``DIR/<data>_<model>_frac<f>.png``: per training step
+``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss``, and ``val/miou`` per
+epoch, one line per loss (one colour per loss, the same in every figure). Runs of the same loss and settings in
+a group (folds, seeds) are averaged, with a ± 1 std band; runs of other settings get a line of their own,
+labelled with their cell (:attr:`lightning_seg.run.RunIdentity.cell`).
 
 Where the runs were tested, a second figure per group, ``DIR/<data>_<model>_frac<f>_test.png``, shows the
 distributions of the per-image test scores (Dice, HD95, NSD, clDice; one box and its points per loss and
-class, pooled over images × runs, from each run's ``per_image_metrics.csv``) and the top-label ECE of each run.
+class, pooled over images × runs, from each run's per-image record) and the top-label ECE of each run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation.records import EVALUATION, PER_IMAGE, read_per_image
-from .loggers import run_group, run_metadata
+from .evaluation.records import read_per_image
+from .run import Records, RunKeys, find_run_folders
 
 #: (metric, x column) of the panels, in order.
 PANELS: list[tuple[str, str]] = [
@@ -60,19 +61,18 @@ def read_metrics(paths: str | Path | Sequence[str | Path]) -> dict[str, dict[int
     return dict(series)
 
 
-def find_runs(root: str | Path) -> list[tuple[dict, list[Path]]]:
-    """``(run_metadata, [metrics.csv of each log version, oldest first])`` for each run directory under ``root``."""
-    versions: dict[Path, list[tuple[int, Path]]] = defaultdict(list)
-    for path in Path(root).rglob("logs/version_*/metrics.csv"):
-        match = re.fullmatch(r"version_(\d+)", path.parent.name)
-        if match is not None:
-            versions[path.parent.parent.parent].append((int(match[1]), path))
+def find_runs(root: str | Path) -> list[tuple[RunKeys, str, list[Path]]]:
+    """``(keys, cell, [metrics.csv of each log version, oldest first])`` of each run folder under ``root`` that has logs."""
     runs = []
-    for run_dir, found in sorted(versions.items()):
-        try:
-            runs.append((run_metadata(run_dir), [path for _, path in sorted(found)]))
-        except ValueError:
-            continue  # not a <data>/<model>/<loss>/fold<k>_frac<f>_seed<s> directory
+    for folder in find_run_folders(root):
+        found = []
+        for path in folder.path.glob("logs/version_*/metrics.csv"):
+            match = re.fullmatch(r"version_(\d+)", path.parent.name)
+            if match is not None:
+                found.append((int(match[1]), path))
+        identity = folder.identity()
+        if found and identity is not None:
+            runs.append((identity.keys, identity.cell, [path for _, path in sorted(found)]))
     return runs
 
 
@@ -94,12 +94,16 @@ def compare(root: str | Path, out: str | Path) -> list[Path]:
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no run with logs/version_*/metrics.csv under {root}")
-    losses = sorted({meta["loss"] for meta, _ in runs})
+    losses = sorted({keys.loss for keys, _, _ in runs})
     cmap = colormaps["tab10" if len(losses) <= 10 else "tab20"]
     colours = {loss: cmap(i % cmap.N) for i, loss in enumerate(losses)}
+    cells = defaultdict(set)
+    for keys, cell, _ in runs:
+        cells[(keys.group, keys.loss)].add(cell)
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for meta, csvs in runs:
-        groups[run_group(meta)][meta["loss"]].append(read_metrics(csvs))
+    for keys, cell, csvs in runs:
+        line = keys.loss if len(cells[(keys.group, keys.loss)]) == 1 else f"{keys.loss} [{cell}]"
+        groups[keys.group][line].append(read_metrics(csvs))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,15 +112,16 @@ def compare(root: str | Path, out: str | Path) -> list[Path]:
         fig = Figure(figsize=(14, 7.5))
         axes = fig.subplots(2, 3)
         for ax, (metric, x_col) in zip(axes.flat, PANELS, strict=True):
-            for loss, loss_runs in sorted(by_loss.items()):
+            for line, loss_runs in sorted(by_loss.items()):
                 series = [r[metric] for r in loss_runs if metric in r]
                 if not series:
                     continue
                 xs, mean, std = _mean_std(series)
-                label = loss if len(series) == 1 else f"{loss} (n={len(series)})"
-                ax.plot(xs, mean, color=colours[loss], label=label, marker="o" if len(xs) < 5 else None)
+                colour = colours[line.split(" [")[0]]
+                label = line if len(series) == 1 else f"{line} (n={len(series)})"
+                ax.plot(xs, mean, color=colour, label=label, marker="o" if len(xs) < 5 else None)
                 if len(series) > 1:
-                    ax.fill_between(xs, mean - std, mean + std, color=colours[loss], alpha=0.2)
+                    ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2)
             ax.set(title=metric, xlabel=x_col)
             ax.grid(alpha=0.3)
         handles, labels = [], []
@@ -132,8 +137,8 @@ def compare(root: str | Path, out: str | Path) -> list[Path]:
         fig.savefig(path, dpi=100)
         paths.append(path)
     run_dirs: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
-    for meta, csvs in runs:
-        run_dirs[run_group(meta)][meta["loss"]].append(csvs[0].parents[2])  # <run>/logs/version_N/metrics.csv
+    for keys, _, csvs in runs:
+        run_dirs[keys.group][keys.loss].append(csvs[0].parents[2])  # <run>/logs/version_N/metrics.csv
     for group, by_loss in sorted(run_dirs.items()):
         path = test_figure(group, by_loss, colours, out / (group.replace("/", "_") + "_test.png"))
         if path is not None:
@@ -147,7 +152,12 @@ def test_figure(group: str, run_dirs: dict[str, list[Path]], colours: dict, path
     from matplotlib.figure import Figure
 
     rows = {
-        loss: [row for run in dirs if (run / PER_IMAGE).is_file() for row in read_per_image(run / PER_IMAGE)]
+        loss: [
+            row
+            for run in dirs
+            if (run / Records.PER_IMAGE).is_file()
+            for row in read_per_image(run / Records.PER_IMAGE)
+        ]
         for loss, dirs in sorted(run_dirs.items())
     }
     rows = {loss: found for loss, found in rows.items() if found}
@@ -157,8 +167,8 @@ def test_figure(group: str, run_dirs: dict[str, list[Path]], colours: dict, path
         loss: [
             value
             for run in dirs
-            if (run / EVALUATION).is_file()
-            and (value := json.loads((run / EVALUATION).read_text())["calibration"]["ece"]) is not None
+            if (run / Records.EVALUATION).is_file()
+            and (value := json.loads((run / Records.EVALUATION).read_text())["calibration"]["ece"]) is not None
         ]
         for loss, dirs in sorted(run_dirs.items())
     }

@@ -1,7 +1,8 @@
 """Write the committed 5-fold splits, ``lightning_seg/data/splits/{drosophila,covid19,chase}.json``.
 
-The image keys come from the committed checksum manifests (``lightning_seg/data/checksums``), so no data is
-needed; :func:`lightning_seg.data.make_folds` with a fixed seed makes the output the same on every run.
+Each dataset's record (``lightning_seg/data/datasets/<name>.py``) gives the image keys (from its committed
+checksum manifest, so no data is needed), the grouping and the validation size;
+:func:`lightning_seg.data.make_folds` with a fixed seed makes the output the same on every run.
 ``--check`` only verifies that the committed files equal what this script writes (exit status 1 if not).
 
 Per fold (images; see docs/datasets.md for how they map to the paper's counts):
@@ -18,42 +19,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
 
-from lightning_seg.data.datasets import SPLIT_DIR, child_of
-from lightning_seg.data.download import read_manifest
-from lightning_seg.data.splits import check_folds, make_folds, save_folds
+from lightning_seg.data.datasets import DATASETS
+from lightning_seg.data.splits import SPLIT_DIR, check_folds, make_folds, save_folds
 
 SEED = 0
 NUM_FOLDS = 5
 
-#: dataset -> (regex over manifest paths giving the image key, validation images per fold, grouping, description)
-SPEC = {
-    "drosophila": (
-        r"^drosophila/images/(\d{2})\.tif$",
-        4,
-        lambda key: f"sections{4 * (int(key) // 4):02d}-{4 * (int(key) // 4) + 3:02d}",
-        "one id per section image; group = block of 4 consecutive sections",
-    ),
-    "covid19": (r"^covid19/images/tr_im_(\d{4})\.png$", 10, None, "one id per CT slice; no patient ids published"),
-    "chase": (r"^chase/images/(Image_\d{2}[LR])\.jpg$", 6, child_of, "one id per eye image; group = child (Image_NN)"),
-}
-
 
 def build(dataset: str) -> tuple[list[dict], dict]:
-    pattern, num_val, grouping, unit = SPEC[dataset]
-    ids = sorted(m.group(1) for name in read_manifest(dataset) if (m := re.match(pattern, name)))
-    groups = [grouping(i) for i in ids] if grouping else None
-    folds = make_folds(ids, num_folds=NUM_FOLDS, num_val=num_val, groups=groups, seed=SEED)
+    """The folds of ``dataset`` and the split file's metadata, from its record (keys, grouping, validation size)."""
+    info = DATASETS[dataset].info
+    ids = info.keys()
+    groups = [info.group(i) for i in ids] if info.group else None
+    folds = make_folds(ids, num_folds=NUM_FOLDS, num_val=info.num_val, groups=groups, seed=SEED)
     check_folds(folds, ids, groups)
     metadata = {
         "generator": "scripts/make_splits.py (lightning_seg.data.make_folds)",
         "seed": SEED,
-        "num_val": num_val,
-        "unit": unit,
+        "num_val": info.num_val,
+        "unit": info.split_unit,
         "ids": ids,
     }
     if groups is not None:
@@ -67,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     args = parser.parse_args(argv)
     stale = []
-    for dataset in SPEC:
+    for dataset in DATASETS:
         folds, metadata = build(dataset)
         target = args.out / f"{dataset}.json"
         if args.check:

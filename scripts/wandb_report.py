@@ -1,9 +1,10 @@
 """Build the loss-comparison dashboard in W&B, as code (needs ``pip install wandb-workspaces`` and a login).
 
 One section per dataset/model/fraction group of the project's runs (the W&B config keys ``dataset``,
-``model``, ``fraction`` that :class:`lightning_seg.cli.SegmentationCLI` writes into every run), with runs
-grouped by ``config.loss`` so each loss is one line (mean over folds and seeds, min-max band), one colour per
-loss. Panels: ``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss`` per
+``model``, ``fraction`` that :class:`lightning_seg.cli.SegmentationCLI` writes into every run from
+:class:`lightning_seg.run.RunKeys`), with runs grouped by ``config.loss`` and ``config.cell`` so each loss is
+one line (mean over folds and seeds, min-max band), one colour per loss, and runs of other settings are never
+averaged together. Panels: ``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss`` per
 step, ``val/miou`` per epoch, ``test/miou`` per loss as bars, and the ``val/overlays`` images.
 
     python scripts/wandb_report.py --entity ME --project lightning-seg              # a report (prints its URL)
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from lightning_seg.run import group_name
 
 STEP_METRICS = ["train/p_bar", "train/dice_coef", "train/alpha", "train/ce", "train/dice_loss"]
 
@@ -53,9 +56,9 @@ def runset(wr, expr, entity: str, project: str, dataset: str, model: str, fracti
     return wr.Runset(
         entity=entity,
         project=project,
-        name=f"{dataset}/{model}/frac{fraction:g}",
+        name=group_name(dataset, model, fraction),
         filters=[expr.Config("dataset") == dataset, expr.Config("model") == model, expr.Config("fraction") == fraction],
-        groupby=["config.loss"],
+        groupby=["config.loss", "config.cell"],
     )
 
 
@@ -85,7 +88,7 @@ def build_workspace(entity: str, project: str, groups: list[tuple[str, str, floa
     import wandb_workspaces.workspaces as ws
 
     sections = [
-        ws.Section(name=f"{d}/{m}/frac{f:g}", panels=panels(wr), is_open=i == 0) for i, (d, m, f) in enumerate(groups)
+        ws.Section(name=group_name(d, m, f), panels=panels(wr), is_open=i == 0) for i, (d, m, f) in enumerate(groups)
     ]
     return ws.Workspace(
         name="Loss comparison",
@@ -94,12 +97,13 @@ def build_workspace(entity: str, project: str, groups: list[tuple[str, str, floa
         sections=sections,
         # Group runs by loss in the run selector: one colour per loss in every panel.
         runset_settings=ws.RunsetSettings(
-            groupby=[ws.Config("dataset"), ws.Config("model"), ws.Config("fraction"), ws.Config("loss")]
+            groupby=[ws.Config(key) for key in ("dataset", "model", "fraction", "loss", "cell")]
         ),
     )
 
 
 def parse_group(text: str) -> tuple[str, str, float]:
+    """``DATA/MODEL/frac<f>`` (:func:`lightning_seg.run.group_name`) or ``DATA/MODEL/<f>``."""
     dataset, model, fraction = text.rsplit("/", 2)
     return dataset, model, float(fraction.removeprefix("frac"))
 

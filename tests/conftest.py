@@ -17,9 +17,11 @@ def _no_wandb_credentials(monkeypatch, tmp_path):
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-#: CLI overrides that shrink a run on the synthetic data to seconds on a CPU.
+#: CLI overrides that shrink a run on the synthetic data to seconds on a CPU: 6 steps in 2 epochs of 3 batches,
+#: a validation after each epoch (every 3 steps).
 SMALL_RUN = [
-    "--trainer.max_epochs=2",
+    "--trainer.max_steps=6",
+    "--trainer.val_check_interval=3",
     "--trainer.limit_train_batches=3",
     "--trainer.limit_val_batches=1",
     "--trainer.log_every_n_steps=1",

@@ -75,3 +75,112 @@ def test_evaluation_benchmark_cpu_smoke(tmp_path):
     assert cells[0] == "2000-01-01" and cells[2:5] == ["synthetic", "8", "64×64"]
     forward, evaluation, ratio = map(float, cells[5:8])
     assert forward > 0 and evaluation > 0 and ratio > 0
+
+
+def test_losses_cpu_smoke(tmp_path):
+    output = tmp_path / "losses.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "losses.py"), "--device", "cpu", "--size", "16"]
+    command += [
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--ignore-frac",
+        "0.2",
+        "--output",
+        str(output),
+        "--date",
+        "2000-01-01",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = output.read_text().splitlines()
+    assert lines[0].startswith("| date | device | torch | logits | loss |")
+    rows = {cells[4]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert list(rows)[:2] == ["F.cross_entropy", "MONAI DiceCELoss(batch=True)"]
+    for name in ("ce", "dice", "additive(lam=0.5)", "ml", "caml", "caml_fixed_r(r=2.0)", "caml(pbar=max_class)"):
+        assert name in rows
+    for cells in rows.values():
+        assert cells[0] == "2000-01-01" and cells[3] == "4×5×16×16 float32"
+        assert float(cells[5]) > 0 and float(cells[6].rstrip("×")) > 0
+    assert rows["F.cross_entropy"][6] == "1.00×"
+
+
+OVERHEAD = REPO / "benchmarks" / "overhead.py"
+
+
+def load_overhead():
+    spec = importlib.util.spec_from_file_location("benchmark_overhead", OVERHEAD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_phases_split_the_wall_time():
+    overhead = load_overhead()
+    # process 0-20 s; fit from 4, training 6-16; steps of 1 s at 6, 8 (epoch 0) and 11, 13 (epoch 1);
+    # a validation 9-10.5 holding a checkpoint write 10-10.5, another write 14.5-15 outside it
+    clock = {
+        "events": {"fit_start": 4.0, "train_start": 6.0, "train_end": 16.0, "sanity_start": 5.0, "sanity_end": 5.5},
+        "steps": [(6.0, 7.0, 0), (8.0, 9.0, 0), (11.0, 12.0, 1), (13.0, 14.0, 1)],
+        "validations": [(9.0, 10.5)],
+        "checkpoints": [(10.0, 10.5), (14.5, 15.0)],
+    }
+    p = overhead.phases(clock, (0.0, 20.0))
+    assert (p["steps"], p["validations"], p["step_ms"]) == (4, 1, 1000.0)
+    assert (p["startup"], p["setup"], p["train"], p["test_and_exit"], p["wall"]) == (4.0, 2.0, 10.0, 4.0, 20.0)
+    assert p["validation"] == 1.0 and p["checkpoint"] == 1.0
+    # the epoch end 9-11 minus the validation and its checkpoint inside it
+    assert p["epoch_ends"] == pytest.approx(0.5)
+    # 10 s of training: 4 in steps, 1 validation, 1 checkpoint, 0.5 epoch end, the rest between steps
+    assert p["between"] == pytest.approx(3.5)
+    assert p["outside_train"] == pytest.approx(0.6) and p["outside_process"] == pytest.approx(0.8)
+
+
+def test_step_clock_records_a_fit(tmp_path):
+    import json
+
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lightning_seg import SegmentationModule
+    from lightning_seg.callbacks import RunCheckpoint
+
+    overhead = load_overhead()
+    data = [{"image": torch.randn(1, 8, 8), "mask": torch.randint(0, 2, (8, 8))} for _ in range(4)]
+    clock = overhead.StepClock(str(tmp_path / "clock.json"))
+    trainer = L.Trainer(
+        max_steps=6,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock, RunCheckpoint(monitor="val/miou", mode="max")],
+    )
+    trainer.fit(SegmentationModule(model="tiny", loss="ce"), DataLoader(data, batch_size=2), DataLoader(data[:2]))
+    record = json.loads((tmp_path / "clock.json").read_text())
+    assert [epoch for *_, epoch in record["steps"]] == [0, 0, 1, 1, 2, 2]
+    assert len(record["validations"]) == 2 and len(record["checkpoints"]) >= 1
+    assert {"fit_start", "train_start", "train_end", "fit_end"} <= set(record["events"])
+    p = overhead.phases(record, (record["events"]["fit_start"] - 1.0, record["events"]["fit_end"] + 1.0))
+    assert p["steps"] == 6 and p["validations"] == 2 and 0 < p["outside_train"] < 1
+    assert len(record["step_cpu"]) == 6 and p["step_cpu_ms"] > 0 and 0 < p["outside_cpu"] < 1
+
+
+def test_checkpoint_cost_cpu_smoke(tmp_path):
+    """The checkpoint benchmark runs; the finished run keeps less than the former scheme, best weights only."""
+    output = tmp_path / "results.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "checkpoints.py"), "--epochs", "2", "--steps", "1"]
+    command += ["--size", "16", "--base-channels", "4", "--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.read_text().splitlines()[2:]]
+    before, now = rows
+    assert [before[2], now[2]] == ["before", "now"] and now[0] == "2000-01-01"
+    assert now[9].startswith("best-step") and "," not in now[9]  # one file: the best weights
+    assert "last.ckpt" in before[9]
+    best, last = (int(n) for n in now[6].split(" + "))
+    assert 1 <= best <= 2 and last == 0  # at most one best per validation; no last.ckpt within 5 minutes

@@ -1,20 +1,29 @@
-"""The CLI end to end on real configs: fit, test --ckpt_path best from a second process-like call, logs."""
+"""The CLI end to end on real configs: fit, test --ckpt_path best from a second call, run folders and records,
+resume after a kill, failures that stop loudly, and errors in one line."""
 
 import csv
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_seg.cli import TEST_METRICS, build_cli, run_dir, run_keys
+from lightning_seg.callbacks import CheckpointError, NonFiniteError
+from lightning_seg.cli import ConfigError, build_cli, main
 from lightning_seg.data import SyntheticDataModule
-from lightning_seg.evaluation import EVALUATION, PER_IMAGE, RELIABILITY, read_per_image
-from lightning_seg.loggers import run_metadata
-from tests.conftest import CONFIGS, SMALL_RUN, compose
+from lightning_seg.evaluation import read_per_image
+from lightning_seg.run import Records, RunFolder, RunFolderError
+from tests.conftest import CONFIGS, REPO, SMALL_RUN, compose
 
 PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
+SYNTHETIC = compose("base.yaml", "data/synthetic.yaml")
 
 
 def read_metrics(root: Path) -> list[dict[str, str]]:
@@ -27,10 +36,10 @@ def read_metrics(root: Path) -> list[dict[str, str]]:
 def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     args = compose("base.yaml", "data/synthetic.yaml", f"losses/{loss}.yaml")
     root = tmp_path / "run"
-    build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}"])
+    fitted = build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}"])
 
-    best = root / "checkpoints" / "best.json"
-    assert best.is_file()
+    best = json.loads((root / Records.BEST).read_text())
+    assert best["path"].startswith("checkpoints/best-step") and (root / best["path"]).is_file()
     rows = read_metrics(root)
     step_rows = [r for r in rows if r.get("train/p_bar")]
     assert step_rows, "loss parts must be logged at training steps"
@@ -43,6 +52,8 @@ def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
         else:
             assert parts["alpha"] == pytest.approx((1 - parts["p_bar"]) ** 3.0, rel=1e-4)
     assert any(r.get("val/miou") for r in rows)
+    # a finished run keeps its best weights only
+    assert [p.name for p in (root / "checkpoints").iterdir()] == [Path(best["path"]).name]
 
     # A separate invocation, as from a new shell, finds the best checkpoint of the fit above.
     cli = build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", "--ckpt_path=best"])
@@ -51,53 +62,53 @@ def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     per_class = torch.stack([metrics[f"test/iou_{n}"] for n in names])
     assert torch.isfinite(metrics["test/miou"])
     assert metrics["test/miou"] == pytest.approx(per_class.nanmean().item())
-    # ... and leaves its metrics beside the run, for grids and aggregation
-    record = json.loads((root / TEST_METRICS).read_text())
-    assert record["keys"] == run_keys(cli.config.test)
+    # ... and leaves its metrics beside the run, for grids and aggregation, under the run's own keys and labels
+    record = json.loads((root / Records.TEST_METRICS).read_text())
+    assert record["keys"] == fitted.identity.keys.as_dict() == cli.identity.keys.as_dict()
+    assert record["fingerprint"] == fitted.identity.fingerprint
     assert record["metrics"]["test/miou"] == pytest.approx(metrics["test/miou"].item())
-    assert record["ckpt_path"] == json.loads(best.read_text())["best_model_path"]
+    assert record["ckpt_path"] == best["path"] and record["ckpt_step"] == best["step"]
+    run = json.loads((root / Records.RUN).read_text())
+    assert run["status"] == "trained" and run["keys"] == record["keys"] and run["steps"] == 6
 
 
 def test_a_checkpoint_path_does_not_override_the_config(tmp_path):
-    """Resuming or testing from a checkpoint file keeps the config's loss and its arguments."""
+    """Testing a checkpoint keeps the config's loss and its arguments; --ckpt_path last names the kept last.ckpt."""
     args = [
         *compose("base.yaml", "data/synthetic.yaml", "losses/additive.yaml"),
         "--model.init_args.loss.init_args.lam=0.3",
     ]
     root = tmp_path / "run"
-    build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}"])
-    last = root / "checkpoints" / "last.ckpt"
-    cli = build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"])
+    build_cli(["fit", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", "--checkpoint.keep_last=true"])
+    cli = build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={root}", "--ckpt_path=last"])
     assert type(cli.model.loss).__name__ == "Additive" and cli.model.loss.lam == 0.3
-    assert json.loads((root / TEST_METRICS).read_text())["ckpt_path"] == str(last)
+    assert cli.identity.keys.loss == "additive_lam=0.3"
+    assert json.loads((root / Records.TEST_METRICS).read_text())["ckpt_path"] == "checkpoints/last.ckpt"
 
 
-def test_run_dir_follows_config(tmp_path, monkeypatch):
+def test_the_run_folder_follows_the_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = compose("base.yaml", "data/synthetic.yaml", "losses/additive.yaml")
     cli = build_cli(
         [*args, "--model.init_args.loss.init_args.lam=0.3", "--data.init_args.train_fraction=0.25"], run=False
     )
-    expected = Path("runs/synthetic/unet/additive_lam=0.3/fold0_frac0.25_seed0")
-    assert Path(cli.trainer.default_root_dir) == expected
-    assert run_dir(cli.config) == expected
-    # The folder and the keys dashboards group by agree: the keys read back from the folder are the config's.
-    assert (
-        run_metadata(expected)
-        == run_keys(cli.config)
-        == {
-            "dataset": "synthetic",
-            "model": "unet",
-            "loss": "additive_lam=0.3",
-            "fraction": 0.25,
-            "fold": 0,
-            "seed": 0,
-        }
+    keys = cli.identity.keys
+    assert keys.as_dict() == {
+        "dataset": "synthetic",
+        "model": "unet_base_channels=8_depth=3",
+        "loss": "additive_lam=0.3",
+        "fraction": 0.25,
+        "fold": 0,
+        "seed": 0,
+    }
+    expected = Path("runs/synthetic/unet_base_channels=8_depth=3/additive_lam=0.3") / (
+        f"fold0_frac0.25_seed0-{cli.identity.fingerprint[:8]}"
     )
+    assert Path(cli.trainer.default_root_dir) == expected == Path("runs") / cli.identity.relpath
 
 
 def test_data_attributes_are_linked_into_the_model(tmp_path):
-    cli = build_cli([*compose("base.yaml", "data/synthetic.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    cli = build_cli([*SYNTHETIC, f"--trainer.default_root_dir={tmp_path}"], run=False)
     assert cli.model.hparams.num_classes == 4
     assert list(cli.model.class_names) == ["background", "region", "curve", "blob"]
     assert cli.model.hparams.in_channels == 1
@@ -111,23 +122,22 @@ def test_every_test_writes_per_image_records_with_the_configured_evaluation(tmp_
     args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml"), *SMALL_RUN, *options]
     build_cli(["fit", *args, f"--trainer.default_root_dir={root}", "--test_after_fit=true"])
     test_ids = SyntheticDataModule(num_images=20, image_size=32).split_ids()["test"]
-    rows = read_per_image(root / PER_IMAGE)
+    rows = read_per_image(root / Records.PER_IMAGE)
     assert [(r["id"], r["class"]) for r in rows] == [(i, c) for i in test_ids for c in SyntheticDataModule.class_names]
     for row in rows:  # both_empty=perfect: a number everywhere but clDice of the classes that are not curvilinear
         assert not any(math.isnan(row[s]) for s in ("dice", "iou", "hd95", "nsd"))
         assert math.isnan(row["cldice"]) == (row["class"] != "curve")
-    record = json.loads((root / EVALUATION).read_text())
+    record = json.loads((root / Records.EVALUATION).read_text())
     assert record["settings"]["nsd_tolerance"] == 1.0 and record["settings"]["both_empty"] == "perfect"
-    assert record["ckpt_path"] == json.loads((root / "checkpoints" / "best.json").read_text())["best_model_path"]
-    assert (root / RELIABILITY).is_file()
-    metrics = json.loads((root / TEST_METRICS).read_text())["metrics"]
+    assert record["ckpt_path"] == json.loads((root / Records.BEST).read_text())["path"]
+    assert (root / Records.RELIABILITY).is_file()
+    metrics = json.loads((root / Records.TEST_METRICS).read_text())["metrics"]
     assert 0 <= metrics["test/ece"] <= 1 and "test/cldice_curve" in metrics and "test/miou" in metrics
 
 
 def test_test_best_without_a_fit_explains(tmp_path):
-    args = compose("base.yaml", "data/synthetic.yaml")
-    with pytest.raises(FileNotFoundError, match="run `lightning-seg fit` with the same config"):
-        build_cli(["test", *args, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best"])
+    with pytest.raises(RunFolderError, match="run `lightning-seg fit` with the same config first"):
+        build_cli(["test", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=best"])
 
 
 def test_demo_config_fits_and_tests(tmp_path):
@@ -148,9 +158,10 @@ def test_wandb_logger_runs_offline_without_key(tmp_path):
 
 
 def test_bad_loss_name_is_reported(tmp_path):
-    args = compose("base.yaml", "data/synthetic.yaml")
-    with pytest.raises(ValueError, match="unknown loss 'focal_typo'"):
-        build_cli([*args, "--model.init_args.loss=focal_typo", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    with pytest.raises(ConfigError, match="--model.init_args.loss: unknown loss 'focal_typo'"):
+        build_cli(
+            [*SYNTHETIC, "--model.init_args.loss=focal_typo", f"--trainer.default_root_dir={tmp_path}"], run=False
+        )
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (CONFIGS / "losses").glob("*.yaml")))
@@ -167,3 +178,279 @@ def test_every_loss_config_runs_a_training_step(config, tmp_path):
     )
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert cli.model.loss.name == config.removesuffix(".yaml")
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+def test_two_fits_that_differ_in_learning_rate_get_two_folders_and_leave_each_other_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    adam = "--model.init_args.optimizer=torch.optim.Adam"
+    first = build_cli(["fit", *SYNTHETIC, *SMALL_RUN, adam, "--model.init_args.optimizer.init_args.lr=0.001"])
+    first_folder = Path(first.trainer.default_root_dir)
+    records = {name: (first_folder / name).read_text() for name in (Records.RUN, Records.BEST)}
+    second = build_cli(["fit", *SYNTHETIC, *SMALL_RUN, adam, "--model.init_args.optimizer.init_args.lr=0.01"])
+    second_folder = Path(second.trainer.default_root_dir)
+    assert first_folder != second_folder and first_folder.parent == second_folder.parent
+    assert {name: (first_folder / name).read_text() for name in records} == records
+    # reusing the first folder for the second run's settings is refused, with what differs and what to do
+    with pytest.raises(RunFolderError) as error:
+        build_cli(
+            [
+                "fit",
+                *SYNTHETIC,
+                *SMALL_RUN,
+                adam,
+                "--model.init_args.optimizer.init_args.lr=0.01",
+                f"--trainer.default_root_dir={first_folder}",
+            ]  # fmt: skip
+        )
+    assert str(error.value) == (
+        f"{first_folder} holds a run with other settings (model.init_args.optimizer.init_args.lr 0.001 → 0.01); "
+        f"choose another folder with --trainer.default_root_dir=DIR, or leave it unset for {second_folder}"
+    )
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, capsys):
+    args = ["fit", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}"]
+    build_cli(args)
+    best = (tmp_path / Records.BEST).read_text()
+    capsys.readouterr()
+    again = build_cli(args)
+    assert "has finished training; nothing to train" in capsys.readouterr().out
+    assert again.trainer.global_step == 0 and (tmp_path / Records.BEST).read_text() == best
+
+
+def test_a_moved_run_folder_tests_its_best_checkpoint(tmp_path):
+    before, after = tmp_path / "before", tmp_path / "elsewhere" / "after"
+    build_cli(["fit", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={before}"])
+    after.parent.mkdir()
+    shutil.move(before, after)
+    cli = build_cli(["test", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={after}", "--ckpt_path=best"])
+    record = json.loads((after / Records.TEST_METRICS).read_text())
+    assert record["ckpt_path"] == json.loads((after / Records.BEST).read_text())["path"]
+    assert "test/miou" in cli.trainer.callback_metrics
+
+
+def test_ckpt_path_last_without_a_resumable_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match="--ckpt_path last: no resumable checkpoint in"):
+        build_cli(["fit", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last"])
+
+
+# ------------------------------------------------------------------------- failures and resume (subprocess)
+
+#: a fit of ~10 s with a resumable checkpoint at every epoch end
+RESUMABLE = [*SYNTHETIC, *SMALL_RUN, "--trainer.max_epochs=4", "--checkpoint.every_minutes=0", "--test_after_fit=true"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def lightning_seg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lightning_seg.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+
+
+def killed_during_training(root: Path, signum: int, after_epoch: int) -> subprocess.Popen:
+    """Start the fit and send ``signum`` once last.ckpt holds epoch ``after_epoch`` (bounded in time)."""
+    command = [sys.executable, "-m", "lightning_seg.cli", "fit", *RESUMABLE, f"--trainer.default_root_dir={root}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            assert process.poll() is None, f"the fit ended before the signal:\n{process.stdout.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no resumable checkpoint after 600 s"
+            try:
+                if torch.load(RunFolder(root).last_checkpoint, weights_only=True)["epoch"] >= after_epoch:
+                    break
+            except (OSError, RuntimeError, EOFError, KeyError):
+                pass
+            time.sleep(0.1)
+        process.send_signal(signum)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    return process
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    done = lightning_seg("fit", *RESUMABLE, f"--trainer.default_root_dir={root}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, done
+
+
+def results(root: Path) -> dict:
+    best = json.loads((root / Records.BEST).read_text())
+    weights = torch.load(root / best["path"], weights_only=True)["state_dict"]
+    return {"best": best, "test": json.loads((root / Records.TEST_METRICS).read_text()), "weights": weights}
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    first, second = results(a), results(b)
+    assert first["best"] == second["best"] and first["test"] == second["test"]
+    assert first["weights"].keys() == second["weights"].keys()
+    assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"]), "weights differ"
+
+
+def test_output_is_quiet_and_ends_naming_the_folder_and_the_best_checkpoint(uninterrupted):
+    root, done = uninterrupted
+    output = done.stdout + done.stderr
+    for noise in ("TPU available", "litlogger", "LeafSpec", "FLOPs", "Seed set to", "LightningCLI's args"):
+        assert noise not in output
+    best = json.loads((root / Records.BEST).read_text())
+    assert (
+        f"lightning-seg: {root}: trained 12 steps; best val/miou {best['score']:.4f} at step {best['step']} ({best['path']})"
+        in done.stdout
+    )
+    assert done.stdout.rstrip().splitlines()[-1].startswith(f"lightning-seg: {root}: test/miou ")
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == [Path(best["path"]).name]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")
+def test_a_fit_killed_and_run_again_resumes_to_the_same_results(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    root = tmp_path / "killed"
+    killed = killed_during_training(root, signal.SIGKILL, after_epoch=1)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (root / Records.TEST_METRICS).exists()
+    again = lightning_seg("fit", *RESUMABLE, f"--trainer.default_root_dir={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"lightning-seg: resuming {root} from checkpoints/last.ckpt (step " in again.stdout
+    assert_same_results(reference, root)
+    assert json.loads((root / Records.RUN).read_text())["status"] == "trained"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")
+def test_a_corrupt_last_checkpoint_is_reported_and_the_run_resumes_from_the_one_before(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    root = tmp_path / "corrupt"
+    killed_during_training(root, signal.SIGKILL, after_epoch=2)
+    folder = RunFolder(root)
+    assert folder.previous_checkpoint.is_file()
+    folder.last_checkpoint.write_bytes(folder.last_checkpoint.read_bytes()[:1000])  # truncated
+    again = lightning_seg("fit", *RESUMABLE, f"--trainer.default_root_dir={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"checkpoint {folder.last_checkpoint} is unreadable: it is truncated or corrupt" in again.stdout
+    assert "set aside as checkpoints/last.ckpt.corrupt" in again.stdout
+    assert f"resuming {root} from checkpoints/previous.ckpt" in again.stdout
+    assert_same_results(reference, root)  # previous.ckpt was written at an epoch end too: the same run
+    assert not list(folder.checkpoints.glob("*.corrupt")) and not folder.previous_checkpoint.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+def test_sigterm_stops_cleanly_with_a_resumable_state_and_no_corrupt_state_starts_again(tmp_path):
+    root = tmp_path / "terminated"
+    stopped = killed_during_training(root, signal.SIGTERM, after_epoch=0)
+    assert stopped.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at step" in stopped.stdout.read()
+    folder = RunFolder(root)
+    for checkpoint in (folder.last_checkpoint, folder.previous_checkpoint):
+        if checkpoint.exists():
+            checkpoint.write_bytes(b"garbage")
+    again = lightning_seg("fit", *RESUMABLE, f"--trainer.default_root_dir={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"starting {root} again from scratch" in again.stdout
+    assert json.loads((root / Records.RUN).read_text())["steps"] == 12
+
+
+def test_a_diverging_fit_exits_non_zero_naming_the_cause_and_records_no_best(tmp_path):
+    root = tmp_path / "diverged"
+    sgd = ["--model.init_args.optimizer=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=1e30"]
+    done = lightning_seg("fit", *SYNTHETIC, *SMALL_RUN, *sgd, f"--trainer.default_root_dir={root}")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert errors[-2].startswith("lightning-seg: error: non-finite loss at step 1 (epoch 0, batch 1): L_CE=nan")
+    assert errors[-1].startswith("likely cause: the weights grew") and "SGD lr=1e+30" in errors[-1]
+    assert "Traceback" not in done.stderr
+    assert not (root / Records.BEST).exists() and not list(root.glob("checkpoints/*.ckpt"))
+    run = json.loads((root / Records.RUN).read_text())
+    assert run["status"] == "failed" and run["reason"].startswith("non-finite loss at step 1")
+
+
+# -------------------------------------------------------------------------------------------- errors
+
+
+def one_line_error(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit:
+        main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return exit.value.code, lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--model.init_args.loss=focal_typo"],
+            "--model.init_args.loss: unknown loss 'focal_typo'; registered: additive, ",
+        ),
+        (["--data.init_args.fold=7"], "--data.init_args.fold: fold must lie in [0, 4], got 7"),
+        (
+            ["--data.init_args.train_fraction=1.5"],
+            "--data.init_args.train_fraction: train_fraction must lie in (0, 1], got 1.5",
+        ),
+        (["--trainer.max_epochs=abc"], "--trainer.max_epochs: expected int, given 'abc'"),
+        (["--model.init_args.model=unett"], "--model.init_args.model: unknown model 'unett'; registered: "),
+        (["--checkpoint.mode=maxx"], "--checkpoint.mode: mode must be 'max' or 'min', got 'maxx'"),
+        (
+            ["--model.init_args.loss=additive", "--model.init_args.loss.init_args.lam=3"],
+            "--model.init_args.loss.init_args.lam: lam must lie in [0, 1], got 3.0",
+        ),
+        (
+            ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"],
+            "--trainer.callbacks: lightning.pytorch.callbacks.ModelCheckpoint is a checkpoint callback; checkpoints are configured under `checkpoint:`",
+        ),
+    ],
+)
+def test_bad_options_give_one_line_naming_the_option(capsys, tmp_path, extra, message):
+    code, line = one_line_error(capsys, "fit", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", *extra)
+    assert code == 2 and line.startswith(f"lightning-seg: error: {message}")
+
+
+def test_config_file_errors_name_the_file(capsys, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: [1\n")
+    code, line = one_line_error(capsys, "fit", *SYNTHETIC, "--config", str(broken))
+    assert (
+        code == 2
+        and line
+        == f"lightning-seg: error: --config {broken}: YAML syntax error at line 3, column 1: expected ',' or ']', but got '<stream end>'"
+    )
+    code, line = one_line_error(capsys, "fit", *SYNTHETIC, "--config", str(tmp_path / "missing.yaml"))
+    assert line == f"lightning-seg: error: --config {tmp_path / 'missing.yaml'}: no such file"
+
+
+def test_a_corrupt_checkpoint_is_named_and_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00" * 64)
+    args = ["test", *SYNTHETIC, *SMALL_RUN, f"--trainer.default_root_dir={tmp_path / 'run'}", f"--ckpt_path={garbage}"]
+    code, line = one_line_error(capsys, *args)
+    assert code == 1 and line.startswith(
+        f"lightning-seg: error: checkpoint {garbage} is unreadable: it is truncated or corrupt"
+    )
+    with pytest.raises(CheckpointError):
+        main([*args, "--debug"])
+    monkeypatch.setenv("LIGHTNING_SEG_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        main(args)
+
+
+def test_non_finite_error_reaches_python_callers(tmp_path):
+    sgd = ["--model.init_args.optimizer=torch.optim.SGD", "--model.init_args.optimizer.init_args.lr=1e30"]
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 1"):
+        build_cli(["fit", *SYNTHETIC, *SMALL_RUN, *sgd, f"--trainer.default_root_dir={tmp_path}"])
+
+
+def test_help_shows_the_projects_own_options_first(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: lightning-seg fit [--config FILE ...] [--OPTION VALUE ...]")
+    first_trainer = text.index("--trainer.accelerator")
+    for option in ("--model.init_args.model NAME", "--model.init_args.loss NAME", "--data.init_args.fold K",
+                   "--model.init_args.optimizer.init_args.lr LR", "--checkpoint.every_minutes M"):  # fmt: skip
+        assert text.index(option) < first_trainer
+    assert text[: text.index("\noptions:")].count("\n") < 30  # the short form fits a screen, above everything else

@@ -4,12 +4,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassF1Score, MulticlassJaccardIndex
 
 from lightning_seg import SegmentationModule
+from lightning_seg import module as module_lib
 from lightning_seg.callbacks import LossPartsLogger
 from lightning_seg.losses import CAML, build_loss
+from lightning_seg.module import JaccardIndex
 
 
 class FixedLogits(nn.Module):
@@ -45,6 +49,17 @@ def hand_iou(preds, masks, num_classes, ignore_index):
     return np.array(out)
 
 
+def hand_dice(preds, masks, num_classes, ignore_index=255):
+    p = np.concatenate([x.numpy().ravel() for x in preds])
+    t = np.concatenate([x.numpy().ravel() for x in masks])
+    p, t = p[t != ignore_index], t[t != ignore_index]
+    out = []
+    for c in range(num_classes):
+        tp, fp, fn = np.sum((p == c) & (t == c)), np.sum((p == c) & (t != c)), np.sum((p != c) & (t == c))
+        out.append(np.nan if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return np.array(out)
+
+
 def test_test_metrics_match_hand_computed_iou(tmp_path):
     g = torch.Generator().manual_seed(0)
     preds = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(3)]
@@ -59,6 +74,60 @@ def test_test_metrics_match_hand_computed_iou(tmp_path):
     np.testing.assert_allclose(got[:3], expected[:3], rtol=1e-6)
     assert np.isnan(got[3]) and np.isnan(expected[3])  # class d never occurs: NaN, left out of the mean
     assert trainer.callback_metrics["test/miou"].item() == pytest.approx(np.nanmean(expected), rel=1e-6)
+    # Dice from the same counts, 2TP / (2TP + FP + FN) per class present, as torchmetrics' macro F1 has it
+    assert trainer.callback_metrics["test/dice"].item() == pytest.approx(
+        np.nanmean(hand_dice(preds, masks, 4)), rel=1e-6
+    )
+    f1 = MulticlassF1Score(4, average="macro", ignore_index=255)
+    assert trainer.callback_metrics["test/dice"].item() == pytest.approx(
+        f1(torch.cat([p.ravel() for p in preds]), torch.cat([m.ravel() for m in masks])).item(), rel=1e-6
+    )
+
+
+def test_train_metrics_cover_the_steps_since_the_previous_validation():
+    g = torch.Generator().manual_seed(1)
+    preds = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(4)]
+    masks = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(4)]
+    module = SegmentationModule(model="tiny", num_classes=3, in_channels=2, class_names=["a", "b", "c"])
+    module.model = FixedLogits(3)  # training shifts every logit alike: the predictions stay fixed
+    seen = []
+
+    class AtValidation(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                seen.append([trainer.callback_metrics[f"train/iou_{n}"].item() for n in "abc"])
+
+    trainer = L.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[AtValidation()],
+    )
+    train = DataLoader(batches(preds, masks), batch_size=None)
+    trainer.fit(
+        module, train_dataloaders=train, val_dataloaders=DataLoader(batches(preds[:1], masks[:1]), batch_size=None)
+    )
+    # validations after steps 2 and 4: each sees the IoU of its own two training batches, not a running total
+    np.testing.assert_allclose(seen[0], hand_iou(preds[:2], masks[:2], 3, 255), rtol=1e-6)
+    np.testing.assert_allclose(seen[1], hand_iou(preds[2:], masks[2:], 3, 255), rtol=1e-6)
+
+
+def test_evaluation_loss_is_the_mean_over_samples():
+    torch.manual_seed(0)
+    images, masks = torch.randn(3, 1, 8, 8), torch.randint(0, 3, (3, 8, 8))
+    data = [{"image": images[i], "mask": masks[i]} for i in range(3)]
+    module = SegmentationModule(model="tiny", loss="caml", num_classes=3)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dataloaders=DataLoader(data, batch_size=2))  # batches of 2 and 1
+    with torch.no_grad():
+        first, second = (module.loss(module(images[s]), masks[s]).item() for s in (slice(0, 2), slice(2, 3)))
+    assert trainer.callback_metrics["val/loss"].item() == pytest.approx((2 * first + second) / 3, rel=1e-6)
+    assert "train/miou" not in trainer.callback_metrics  # no training steps, no training metrics
 
 
 def test_loss_by_name_or_instance_and_ignore_index_consistency():
@@ -84,9 +153,26 @@ def test_hyperparameters_hold_no_modules():
     assert not any(isinstance(v, nn.Module) or callable(v) for v in module.hparams.values())
 
 
-def test_loss_parts_logger_logs_the_step_values():
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call as ``(step, {name: float})``."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    name = "recording"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        self.records.append((step, {k: float(v) for k, v in metrics.items()}))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
     torch.manual_seed(0)
-    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(2)]
+    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(5)]
     module = SegmentationModule(model="tiny", loss="ce", num_classes=3)
     seen = []
 
@@ -94,9 +180,11 @@ def test_loss_parts_logger_logs_the_step_values():
         def on_train_batch_end(self, trainer, pl_module, *args):
             seen.append(pl_module.loss.parts)
 
+    logger = RecordingLogger()
     trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
+        max_steps=5,
+        log_every_n_steps=2,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -104,9 +192,19 @@ def test_loss_parts_logger_logs_the_step_values():
         limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
+    keys = ("loss", "ce", "dice_loss", "p_bar", "dice_coef", "alpha")
+    logged = {step: metrics for step, metrics in logger.records if "train/ce" in metrics}
+    # every 2nd step: steps 2 and 4 of 5, logged as (0-based) steps 1 and 3
+    assert sorted(logged) == [1, 3]
+    for step, metrics in logged.items():
+        parts = seen[step]
+        for key in keys:
+            assert metrics[f"train/{key}"] == pytest.approx(getattr(parts, key).item())
+    # steps between logging steps log nothing: the trainer still holds step 4's values after step 5
+    for key in keys:
+        assert trainer.callback_metrics[f"train/{key}"].item() == pytest.approx(getattr(seen[3], key).item())
+        assert getattr(seen[4], key).item() != pytest.approx(getattr(seen[3], key).item())
     last = seen[-1]
-    for key in ("ce", "dice_loss", "p_bar", "dice_coef", "alpha"):
-        assert trainer.callback_metrics[f"train/{key}"].item() == pytest.approx(getattr(last, key).item())
     # CE has no α of its own: the logged one is CAML's (1 - p̄)^D on the same logits.
     assert last.alpha.item() == pytest.approx(((1 - last.p_bar) ** last.dice_coef).item())
     assert last.loss.item() == pytest.approx(last.ce.item())
@@ -115,3 +213,21 @@ def test_loss_parts_logger_logs_the_step_values():
 def test_optimizer_default_is_adam_1e3():
     optimizer = SegmentationModule(model="tiny").configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("ignore_index", [255, None])
+def test_jaccard_index_counts_as_torchmetrics(ignore_index):
+    g = torch.Generator().manual_seed(2)
+    reference = MulticlassJaccardIndex(5, average="none", ignore_index=ignore_index, zero_division=float("nan"))
+    ours = JaccardIndex(5, average="none", ignore_index=ignore_index, zero_division=float("nan"))
+    for _ in range(3):
+        preds, target = torch.randint(0, 4, (2, 9, 7), generator=g), torch.randint(0, 4, (2, 9, 7), generator=g)
+        if ignore_index is not None:
+            target[0, :3] = ignore_index
+        reference.update(preds, target)
+        ours.update(preds, target)
+        # the product form, used off the CPU, counts the same
+        counts = module_lib._counts_by_product(target, preds, 5).long().reshape(5, 5)
+        assert torch.equal(counts, module_lib.confusion_counts(preds, target, 5, ignore_index))
+    assert torch.equal(ours.confmat, reference.confmat) and ours.confmat.sum() > 0
+    np.testing.assert_array_equal(ours.compute().numpy(), reference.compute().numpy())  # class 4: NaN in both

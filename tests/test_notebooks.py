@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from lightning_seg.run import Records, find_run_folders
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "lightning-seg-test"
 
@@ -41,20 +43,23 @@ def test_notebook_runs(name, kernel, tmp_path):
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "colab" in nb.cells[0].source.lower()
     assert "google.colab" in nb.cells[1].source
+    model = "unet_base_channels=8_depth=3"  # the small U-Net of configs/data/synthetic.yaml
     if name == "quickstart":
-        assert (workdir / "runs/synthetic/unet/ce/fold0_frac1_seed0/checkpoints/best.json").is_file()
-        assert (workdir / "runs/synthetic/unet/caml/fold0_frac1_seed0/checkpoints/best.json").is_file()
+        folders = {f.identity().keys.loss: f for f in find_run_folders(workdir / "runs")}
+        assert sorted(folders) == ["caml", "ce"]
+        assert all(f.path.parent == workdir / "runs/synthetic" / model / loss for loss, f in folders.items())
+        assert all(f.best_path().is_file() and f.read(Records.TEST_METRICS) for f in folders.values())
         assert "mIoU" in text
     elif name == "gradients":
         assert "all checks passed" in text
         assert (workdir / "figures/gradients.png").is_file()
     else:
         summary = (workdir / "runs/grids/synthetic/summary.csv").read_text()
-        assert "synthetic,unet,1.0,caml,miou,3," in summary and "synthetic,unet,1.0,ce,miou,3," in summary
-        assert "| unet | 1 | caml | 3 |" in (workdir / "runs/grids/synthetic/results.md").read_text()
-        assert (workdir / "plots/synthetic_unet_frac1.png").is_file()
-        assert (workdir / "plots/synthetic_unet_frac1_test.png").is_file()  # per-image scores per loss
-        assert "synthetic,unet,1.0,caml,image_dice_curve,3," in summary
+        assert f"synthetic,{model},1.0,caml,miou,3," in summary and f"synthetic,{model},1.0,ce,miou,3," in summary
+        assert f"| {model} | 1 | caml | 3 |" in (workdir / "runs/grids/synthetic/results.md").read_text()
+        assert (workdir / f"plots/synthetic_{model}_frac1.png").is_file()
+        assert (workdir / f"plots/synthetic_{model}_frac1_test.png").is_file()  # per-image scores per loss
+        assert f"synthetic,{model},1.0,caml,image_dice_curve,3," in summary
         assert (workdir / "runs/grids/synthetic/paired_images.csv").is_file()
         assert "ECE (top label):" in text
     images = [

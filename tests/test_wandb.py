@@ -15,7 +15,8 @@ from wandb.proto import wandb_internal_pb2 as pb
 from lightning_seg.callbacks import PredictionOverlays
 from lightning_seg.callbacks.overlays import PALETTE, colourise, overlay_strip
 from lightning_seg.cli import build_cli
-from lightning_seg.loggers import WandbLogger, run_group, run_metadata, run_name
+from lightning_seg.loggers import WandbLogger
+from lightning_seg.run import Records, RunKeys, group_name
 from tests.conftest import CONFIGS, SMALL_RUN
 
 LOSS_PARTS = ["train/p_bar", "train/dice_coef", "train/alpha", "train/ce", "train/dice_loss"]
@@ -107,14 +108,14 @@ def test_resolved_config_and_run_keys_are_in_the_run_config(wandb_run):
     resolved = config["cli"]
     assert resolved["model"]["init_args"]["loss"] == "ml"
     assert resolved["data"]["class_path"] == "lightning_seg.data.SyntheticDataModule"
-    assert resolved["trainer"]["max_epochs"] == 2
+    assert resolved["trainer"]["max_steps"] == 6
     assert resolved["seed_everything"] == 0
     # Same as the config.yaml the CLI saved in the run directory.
     (saved,) = wandb_run["root"].glob("logs/version_*/config.yaml")
     assert yaml.safe_load(saved.read_text()) == resolved
     assert {k: config[k] for k in ("dataset", "model", "loss", "fraction", "fold", "seed")} == {
         "dataset": "synthetic",
-        "model": "unet",
+        "model": "unet_base_channels=8_depth=3",
         "loss": "ml",
         "fraction": 1.0,
         "fold": 0,
@@ -122,12 +123,16 @@ def test_resolved_config_and_run_keys_are_in_the_run_config(wandb_run):
     }
     # The run keys win over Lightning's hyperparameter logging, which also has `model` and `seed`.
     assert config["num_classes"] == 4  # the module's hyperparameters are there too
+    # the same keys, fingerprint and cell as the run's own record
+    record = json.loads((wandb_run["root"] / Records.RUN).read_text())
+    assert {k: config[k] for k in record["keys"]} == record["keys"]
+    assert (config["fingerprint"], config["cell"]) == (record["fingerprint"], record["cell"])
 
 
-def test_run_name_and_group_derive_from_the_run_directory(wandb_run):
+def test_run_name_and_group_derive_from_the_run_keys(wandb_run):
     run = wandb_run["run"]
     assert run.display_name == "ml-fold0-seed0"
-    assert run.run_group == "synthetic/unet/frac1"
+    assert run.run_group == "synthetic/unet_base_channels=8_depth=3/frac1"
 
 
 def test_prediction_overlays_are_logged_as_images_and_png(wandb_run):
@@ -164,20 +169,10 @@ def test_user_given_name_and_group_are_kept(tmp_path):
     assert logger._wandb_init["name"] == "mine" and logger._wandb_init["group"] == "my-group"
 
 
-def test_run_metadata_and_names():
-    meta = run_metadata("runs/chase/smp.Unet/additive_lam=0.3/fold2_frac0.125_seed7")
-    assert meta == {
-        "dataset": "chase",
-        "model": "smp.Unet",
-        "loss": "additive_lam=0.3",
-        "fraction": 0.125,
-        "fold": 2,
-        "seed": 7,
-    }
-    assert run_name(meta) == "additive_lam=0.3-fold2-seed7"
-    assert run_group(meta) == "chase/smp.Unet/frac0.125"
-    with pytest.raises(ValueError):
-        run_metadata("somewhere/else")
+def test_run_names_and_groups():
+    keys = RunKeys("chase", "smp.Unet", "additive_lam=0.3", 0.125, 2, 7)
+    assert keys.name == "additive_lam=0.3-fold2-seed7"
+    assert keys.group == group_name("chase", "smp.Unet", 0.125) == "chase/smp.Unet/frac0.125"
 
 
 def test_overlay_strip_layout_and_palette():

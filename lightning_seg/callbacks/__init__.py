@@ -1,7 +1,19 @@
-"""Callbacks: loss-part logging, a best checkpoint that later processes can find, prediction overlays."""
+"""Callbacks: checkpoints, the non-finite guard, loss-part logging, prediction overlays, progress, a one-line model size."""
 
-from .checkpoint import BestCheckpoint
+from .checkpoint import CheckpointError, RunCheckpoint
 from .loss_parts import LossPartsLogger
+from .nonfinite import NonFiniteError, NonFiniteGuard
 from .overlays import PredictionOverlays
+from .progress import ProgressBar
+from .summary import ModelSize
 
-__all__ = ["BestCheckpoint", "LossPartsLogger", "PredictionOverlays"]
+__all__ = [
+    "CheckpointError",
+    "LossPartsLogger",
+    "ModelSize",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "PredictionOverlays",
+    "ProgressBar",
+    "RunCheckpoint",
+]

@@ -1,55 +1,298 @@
-"""A ModelCheckpoint whose best checkpoint can be found again by a later process (``test --ckpt_path best``)."""
+"""Checkpoints that cost little and resume exactly: best weights at validation, a resumable state on a timer.
+
+A run folder (:class:`~lightning_seg.run.RunFolder`) holds, while the run trains:
+
+- ``checkpoints/best-step<N>.ckpt``: the weights only (no optimizer state) of the best validation so far, and
+  ``best.json`` naming it (path relative to the folder), its score, step and epoch. Written after a validation
+  whose monitored metric improves, is finite, and whose weights are finite: at most once per validation.
+- ``checkpoints/last.ckpt``: everything needed to go on (weights, optimizer, scheduler, loop counters, the best
+  so far, the random generators' states), written at the first epoch end once ``every_minutes`` have passed
+  since the last one, and when a ``SIGTERM`` stops the run. The one before it is kept as ``previous.ckpt``, the
+  fall-back when ``last.ckpt`` cannot be read.
+
+When the run has finished and recorded its result, :meth:`RunCheckpoint.finish` removes ``last.ckpt`` and
+``previous.ckpt`` (``keep_last`` keeps ``last.ckpt``): a finished run keeps its best weights only.
+
+All files are written to a temporary name and renamed, so a kill never leaves half a checkpoint. A
+``last.ckpt`` written at an epoch end resumes exactly: the next epoch draws the same shuffle and augmentations
+as in a run that was never stopped (with ``num_workers=0``; worker processes keep generators of their own).
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import random
+import re
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from ..atomic import write_json_atomic
+from ..run import Records, RunFolder
 
 
-class BestCheckpoint(ModelCheckpoint):
-    """Saves into ``<trainer.default_root_dir>/checkpoints`` unless ``dirpath`` is given, and records the best.
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file, the reason and what to do."""
 
-    After every save, ``best.json`` beside the checkpoints names the best one and its score, written
-    atomically. :meth:`restore_best` reads it back, so that ``lightning-seg test --config … --ckpt_path best``
-    finds the checkpoint of an earlier ``fit`` with the same config.
+
+def _load_error(error: BaseException) -> str:
+    """The useful part of ``torch.load``'s message (which otherwise advises ``weights_only=False``)."""
+    text = str(error)
+    found = re.search(r"(Unsupported global: [^\n]*?)(?: was not an allowed global|\n|$)", text)
+    if found:
+        return f"it holds objects other than tensors and plain values ({found[1].strip()})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [
+        line
+        for line in lines
+        if not line.lower().startswith(
+            (
+                "weights only load failed",
+                "(1)",
+                "(2)",
+                "in pytorch",
+                "please file",
+                "check the documentation",
+                "you can use",
+                "re-running",
+            )
+        )
+    ]
+    reason = (lines[-1] if lines else type(error).__name__)[:160]
+    return f"it is truncated or corrupt ({reason})"
+
+
+def inspect_checkpoint(path: str | Path) -> dict:
+    """Step, epoch and resumability of a checkpoint file, reading it as ``weights_only=True`` (memory-mapped).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or holds no model weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - every load failure is reported the same way
+        raise CheckpointError(f"checkpoint {path} is unreadable: {_load_error(error)}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} holds no model weights (no 'state_dict'): not a Lightning checkpoint")
+    return {
+        "step": checkpoint.get("global_step"),
+        "epoch": checkpoint.get("epoch"),
+        "resumable": "optimizer_states" in checkpoint and "loops" in checkpoint,
+    }
+
+
+def rng_state() -> dict:
+    """The states of torch's, NumPy's and Python's global generators, as plain values (``weights_only``-safe)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def weights_finite(module: torch.nn.Module) -> bool:
+    """All parameters and buffers finite (one device→host sync)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
+class RunCheckpoint(Checkpoint):
+    """Best weights at validation and a resumable ``last.ckpt`` on a time interval (module docstring).
+
+    Configured in the CLI under ``checkpoint:`` (``--checkpoint.every_minutes=0`` writes ``last.ckpt`` at
+    every epoch end). ``monitor`` and ``mode`` choose the best checkpoint and are part of a run's settings; the
+    other arguments are not.
+
+    Args:
+        monitor: logged metric that chooses the best checkpoint.
+        mode: ``"max"`` or ``"min"``.
+        every_minutes: least time between two writes of ``last.ckpt`` (at epoch ends); 0 for every epoch end.
+        keep_last: keep ``last.ckpt`` when the run has finished (to train on from it later).
+
+    Raises:
+        ValueError: ``mode`` is not ``"max"``/``"min"``, or ``every_minutes`` is negative.
     """
 
-    RECORD = "best.json"
+    def __init__(
+        self, monitor: str = "val/miou", mode: str = "max", every_minutes: float = 5.0, keep_last: bool = False
+    ):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if every_minutes < 0:
+            raise ValueError(f"every_minutes must be ≥ 0, got {every_minutes}")
+        self.monitor = monitor
+        self.mode = mode
+        self.every_minutes = every_minutes
+        self.keep_last = keep_last
+        self.folder: RunFolder | None = None
+        self.best: dict | None = None  # path (relative), score, step, epoch
+        #: best checkpoints that ``last.ckpt`` and ``previous.ckpt`` refer to: kept while those exist
+        self._last_best: str | None = None
+        self._previous_best: str | None = None
+        self._restored_rng: dict | None = None
+        self._last_write = time.monotonic()
+        #: checkpoint files written by this process, by kind
+        self.writes = {"best": 0, "last": 0}
 
-    def resolve_dirpath(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+    # --- Lightning's view -------------------------------------------------------------------------------
+    @property
+    def best_model_path(self) -> str:
+        return str(self.folder.resolve(self.best["path"])) if self.best and self.folder else ""
+
+    @property
+    def best_model_score(self) -> float | None:
+        return self.best["score"] if self.best else None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.dirpath = str(self.resolve_dirpath(trainer))
-        super().setup(trainer, pl_module, stage)
+        self.folder = RunFolder(trainer.default_root_dir)
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and self.best_model_path:
-            record = {
-                "best_model_path": os.path.abspath(self.best_model_path),
-                "best_model_score": None if self.best_model_score is None else float(self.best_model_score),
-                "monitor": self.monitor,
-                "mode": self.mode,
-            }
-            write_json_atomic(Path(self.dirpath) / self.RECORD, record)
+    def state_dict(self) -> dict[str, Any]:
+        """Written into ``last.ckpt`` only (best checkpoints hold weights alone)."""
+        return {"best": self.best, "previous_best": self._last_best, "rng": rng_state()}
 
-    def restore_best(self, trainer: L.Trainer) -> str:
-        """Set ``best_model_path`` from the record of an earlier run; raise if there is none."""
-        record = self.resolve_dirpath(trainer) / self.RECORD
-        if not record.is_file():
-            raise FileNotFoundError(
-                f"no best checkpoint recorded at {record}: run `lightning-seg fit` with the same config "
-                "(same trainer.default_root_dir) first, or pass --ckpt_path PATH"
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+        self._last_best = self.best["path"] if self.best else None
+        self._previous_best = state_dict.get("previous_best")
+        self._restored_rng = state_dict.get("rng")
+
+    # --- hooks ------------------------------------------------------------------------------------------
+    def _fitting(self, trainer: L.Trainer) -> bool:
+        return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Bring the folder in line with the state training starts from (restored, or none when starting anew)."""
+        if self._restored_rng is not None:
+            # The generators as they were when last.ckpt was written: the next training epoch's loader draws its
+            # shuffle and augmentation seeds from them, as it would have without the stop (the sanity check
+            # runs between here and there with the generators isolated).
+            set_rng_state(self._restored_rng)
+            self._restored_rng = None
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        for leftover in self.folder.checkpoints.glob(".*.tmp"):  # from a process killed while writing
+            leftover.unlink()
+        if self.best is None:
+            self._last_best = self._previous_best = None
+        self._remove_unreferenced_best()
+        if self.best is None:
+            self.folder.record_path(Records.BEST).unlink(missing_ok=True)
+        else:
+            self._write_best_record()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_write = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._fitting(trainer):
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise ValueError(
+                f"--checkpoint.monitor={self.monitor} is not logged at validation; logged: "
+                f"{sorted(k for k in trainer.callback_metrics if k.startswith('val/'))}"
             )
-        best = json.loads(record.read_text())
-        if not Path(best["best_model_path"]).is_file():
-            raise FileNotFoundError(f"{record} names {best['best_model_path']}, which does not exist")
-        self.best_model_path = best["best_model_path"]
-        return self.best_model_path
+        score = float(trainer.callback_metrics[self.monitor])
+        if not math.isfinite(score) or not self._improves(score):
+            return
+        if not weights_finite(pl_module):
+            rank_zero_warn(f"step {trainer.global_step}: the weights are not finite; not recorded as best")
+            return
+        step = trainer.global_step
+        path = self.folder.best_checkpoint(step)
+        self._write(trainer, path, weights_only=True)
+        self.writes["best"] += 1
+        self.best = {"path": self.folder.relative(path), "score": score, "step": step, "epoch": trainer.current_epoch}
+        if trainer.is_global_zero:
+            self._write_best_record()
+            self._remove_unreferenced_best()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fitting(trainer) and time.monotonic() - self._last_write >= 60.0 * self.every_minutes:
+            self.save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.keep_last and self._fitting(trainer):
+            self.save_last(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A ``SIGTERM`` is a clean stop (Lightning stops between two steps): save the state to go on from."""
+        if isinstance(exception, SIGTERMException) and self._fitting(trainer):
+            self.save_last(trainer)
+            rank_zero_info(f"stopped by SIGTERM at step {trainer.global_step}; the same command resumes from here")
+
+    # --- files ------------------------------------------------------------------------------------------
+    def _improves(self, score: float) -> bool:
+        if self.best is None:
+            return True
+        return score > self.best["score"] if self.mode == "max" else score < self.best["score"]
+
+    def _write(self, trainer: L.Trainer, path: Path, weights_only: bool) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        trainer.strategy.barrier()
+
+    def save_last(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` (the old one becomes ``previous.ckpt``)."""
+        folder = self.folder
+        tmp = folder.last_checkpoint.with_name(f".{folder.last_checkpoint.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            if folder.last_checkpoint.exists():
+                os.replace(folder.last_checkpoint, folder.previous_checkpoint)
+            os.replace(tmp, folder.last_checkpoint)
+        trainer.strategy.barrier()
+        self.writes["last"] += 1
+        self._previous_best, self._last_best = self._last_best, self.best["path"] if self.best else None
+        self._last_write = time.monotonic()
+        if trainer.is_global_zero:
+            self._remove_unreferenced_best()
+
+    def _write_best_record(self) -> None:
+        self.folder.write(Records.BEST, {**self.best, "monitor": self.monitor, "mode": self.mode})
+
+    def _remove_unreferenced_best(self) -> None:
+        """Delete best checkpoints that neither the best so far nor a resumable checkpoint refers to."""
+        keep = {self.best["path"] if self.best else None, self._last_best, self._previous_best}
+        for path in self.folder.checkpoints.glob("best-step*.ckpt"):
+            if self.folder.relative(path) not in keep:
+                path.unlink()
+
+    def finish(self) -> None:
+        """The run has finished and recorded its result: drop the resumable state (unless ``keep_last``)."""
+        if self.folder is None:
+            return
+        self.folder.previous_checkpoint.unlink(missing_ok=True)
+        for corrupt in self.folder.checkpoints.glob("*.corrupt"):
+            corrupt.unlink()
+        if not self.keep_last:
+            self.folder.last_checkpoint.unlink(missing_ok=True)
+            self._last_best = None
+        self._previous_best = None
+        if self.folder.checkpoints.is_dir():
+            self._remove_unreferenced_best()

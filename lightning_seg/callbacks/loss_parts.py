@@ -1,4 +1,4 @@
-"""Log the loss's parts at every training step, for every loss (CE included)."""
+"""Log the loss's parts at the training steps the loggers record, for every loss (CE included)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from ..losses import SegmentationLoss
+from ..module import is_logging_step
 
 
 class LossPartsLogger(Callback):
@@ -14,6 +15,10 @@ class LossPartsLogger(Callback):
     The values are the ones the loss computed from the step's own logits (kept on ``loss.parts``), so
     nothing is recomputed and no second forward pass runs. For losses without an α (CE, Dice, additive,
     ML) ``alpha`` is CAML's ``(1 - p̄)^D`` on the same batch.
+
+    They are logged at the steps the loggers record (every ``trainer.log_every_n_steps``, see
+    :func:`~lightning_seg.module.is_logging_step`), each the value of that step, as ``train/loss`` is; other
+    steps skip the logging calls, whose cost would otherwise be a large part of a short (GPU) step.
     """
 
     def __init__(self, prefix: str = "train/") -> None:
@@ -23,6 +28,8 @@ class LossPartsLogger(Callback):
         loss = getattr(pl_module, "loss", None)
         if not isinstance(loss, SegmentationLoss) or loss.parts is None:
             raise RuntimeError("LossPartsLogger needs pl_module.loss to be a SegmentationLoss that has been called")
+        if not is_logging_step(trainer):
+            return
         parts = loss.parts.as_dict()
         del parts["loss"]  # already logged by the module as train/loss
         pl_module.log_dict(

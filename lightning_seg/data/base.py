@@ -2,8 +2,8 @@
 
 A dataset subclasses :class:`SegmentationDataModule` and supplies three things: its class names and
 channel count, :meth:`~SegmentationDataModule.fold_ids` (train/val/test ids of the configured fold) and
-:meth:`~SegmentationDataModule.load_sample` (one image and its mask, as NumPy arrays). Everything else
-(subsets, transforms, tensors, loaders) is shared.
+:meth:`~SegmentationDataModule.load_sample` (one image and its mask, as NumPy arrays); the last two are
+abstract. Everything else (subsets, transforms, tensors, loaders) is shared.
 
 Ids are strings, so a dataset can encode views of an image in them (``"07/tile03"``, ``"07/crop2"``);
 :meth:`~SegmentationDataModule.sample_group` then names the image, so that ``train_fraction`` draws whole
@@ -13,6 +13,7 @@ images. Random augmentations are seeded from torch's random generator, one draw 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -58,7 +59,7 @@ class SegmentationDataset(Dataset):
         }
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(L.LightningDataModule, ABC):
     """Base DataModule: fold ``fold`` of the dataset's splits, ``train_fraction`` of its training set.
 
     Args:
@@ -70,12 +71,14 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         augment: random crop (when ``crop_size`` is set) and horizontal flip for training, the paper's
             only augmentations; off gives the training images as they are.
-        crop_size: side of the random training crop; ``None`` for no crop.
+        crop_size: side of the random training crop; ``None`` for no crop. Evaluation always sees whole images.
         subset_seed: seed of the training-fraction draw (fixed, so every run of a fraction sees the same images).
         ignore_index: mask value for unlabelled pixels, excluded from losses and metrics.
     """
 
+    #: class names, index order (the paper's tables); their number is the model's output channels
     class_names: ClassVar[tuple[str, ...]] = ()
+    #: image channels (the model's input channels)
     in_channels: ClassVar[int] = 1
     #: classes of thin, tubular structures (vessels, membranes): the test also scores them with clDice
     curvilinear_classes: ClassVar[tuple[str, ...]] = ()
@@ -95,6 +98,8 @@ class SegmentationDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if crop_size is not None and crop_size < 1:
+            raise ValueError(f"crop_size must be ≥ 1 or None, got {crop_size}")
         if not 0.0 < train_fraction <= 1.0:
             raise ValueError(f"train_fraction must lie in (0, 1], got {train_fraction}")
         if 0 <= ignore_index < self.num_classes:
@@ -118,22 +123,29 @@ class SegmentationDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     # --- what a dataset supplies -------------------------------------------------------------------
+    @abstractmethod
     def fold_ids(self) -> Fold:
         """Train, val and test ids of fold ``self.fold``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_sample(self, sample_id: str) -> Sample:
         """Image (H×W×C float32 in [0, 1]) and mask (H×W int64, classes and ``ignore_index``) of one id."""
-        raise NotImplementedError
 
     def sample_group(self, sample_id: str) -> str:
         """The unit that ``train_fraction`` draws: the id itself, or e.g. the image an id crops."""
         return sample_id
 
+    @property
+    def random_crop_size(self) -> int | None:
+        """Side of the random crop the training transform draws (``crop_size``; a dataset may crop otherwise)."""
+        return self.crop_size
+
     def train_transform(self) -> A.BasicTransform | None:
+        """The paper's augmentation: a random ``random_crop_size`` crop (if set) and a horizontal flip (p = ½)."""
         if not self.augment:
             return None
-        crop = [A.RandomCrop(self.crop_size, self.crop_size)] if self.crop_size else []
+        size = self.random_crop_size
+        crop = [A.RandomCrop(size, size)] if size else []
         return A.Compose([*crop, A.HorizontalFlip(p=0.5)])
 
     # --- shared ------------------------------------------------------------------------------------

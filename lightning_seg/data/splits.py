@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: the committed split files, ``<dataset>.json`` (written by ``scripts/make_splits.py``)
+SPLIT_DIR = Path(__file__).with_name("splits")
+
 Fold = dict[str, list[str]]
 SPLITS = ("train", "val", "test")
 

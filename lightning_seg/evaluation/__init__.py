@@ -9,14 +9,11 @@ Lightning; :mod:`.test_time` connects them to :class:`~lightning_seg.Segmentatio
 from .calibration import CalibrationHistogram, reliability_diagram
 from .metrics import class_scores, cldice, image_scores, overlap_scores, surface_scores
 from .policy import POLICY, SCORES, Case
-from .records import EVALUATION, PER_IMAGE, RELIABILITY, read_per_image, write_per_image
+from .records import read_per_image, write_per_image
 from .test_time import EvaluationSettings, TestEvaluation, finish_test
 
 __all__ = [
-    "EVALUATION",
-    "PER_IMAGE",
     "POLICY",
-    "RELIABILITY",
     "SCORES",
     "CalibrationHistogram",
     "Case",

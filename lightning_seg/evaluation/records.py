@@ -1,11 +1,11 @@
 """The files a test writes into the run folder (``trainer.default_root_dir``), and how to read them back.
 
-- :data:`PER_IMAGE` (``per_image_metrics.csv``): one row per test image and class, columns
+- ``Records.PER_IMAGE`` (``per_image_metrics.csv``, names in :class:`lightning_seg.run.Records`): one row per test image and class, columns
   :data:`PER_IMAGE_COLUMNS`; a score with no value (a class absent from target and prediction under the
   default policy, or clDice of a class that is not curvilinear) is an empty cell.
-- :data:`EVALUATION` (``test_evaluation.json``): the settings and library versions that produced the rows,
+- ``Records.EVALUATION`` (``test_evaluation.json``): the settings and library versions that produced the rows,
   the checkpoint tested, per-class summaries of the rows, and the calibration (ECE and per-bin curves).
-- :data:`RELIABILITY` (``reliability.png``): the reliability diagram.
+- ``Records.RELIABILITY`` (``reliability.png``): the reliability diagram.
 
 Each is written whole or not at all; a later test of the same run replaces them.
 """
@@ -19,10 +19,6 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from .policy import SCORES
-
-PER_IMAGE = "per_image_metrics.csv"
-EVALUATION = "test_evaluation.json"
-RELIABILITY = "reliability.png"
 
 #: ``id`` of the test sample, ``sample_group`` the image it belongs to (the id itself, or e.g. the section a
 #: Drosophila tile was cut from: the unit that statistics resample), the class, the empty-class case, pixel

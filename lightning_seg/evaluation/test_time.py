@@ -26,10 +26,11 @@ from typing import Literal
 from torch import Tensor
 
 from ..atomic import write_json_atomic
+from ..run import Records, RunFolder
 from .calibration import DEFAULT_BINS, CalibrationHistogram, reliability_diagram
 from .metrics import HD_PERCENTILE, image_scores
 from .policy import BOTH_EMPTY_OPTIONS, SCORES
-from .records import EVALUATION, PER_IMAGE, PER_IMAGE_COLUMNS, RELIABILITY, write_per_image
+from .records import PER_IMAGE_COLUMNS, write_per_image
 
 #: Libraries whose versions are recorded with the scores they computed.
 LIBRARIES = ("monai", "scikit-image", "torchmetrics", "torch", "scipy")
@@ -176,7 +177,7 @@ class TestEvaluation:
             "classes": self.class_names,
             "curvilinear_classes": self.curvilinear_classes,
             "images": len({row["id"] for row in self.rows}),
-            "per_image_file": PER_IMAGE,
+            "per_image_file": Records.PER_IMAGE,
             "per_class": self.class_summary(),
             "calibration": self.calibration.to_dict(self.class_names),
         }
@@ -186,10 +187,12 @@ class TestEvaluation:
         the reliability diagram into ``folder``; return their paths."""
         folder = Path(folder)
         files = {
-            "per_image": write_per_image(folder / PER_IMAGE, self.rows),
-            "evaluation": write_json_atomic(folder / EVALUATION, _strict_json({**(context or {}), **self.record()})),
+            "per_image": write_per_image(folder / Records.PER_IMAGE, self.rows),
+            "evaluation": write_json_atomic(
+                folder / Records.EVALUATION, _strict_json({**(context or {}), **self.record()})
+            ),
             "reliability": reliability_diagram(
-                self.calibration, self.class_names, folder / RELIABILITY, title=f"reliability of {folder}"
+                self.calibration, self.class_names, folder / Records.RELIABILITY, title=f"reliability of {folder}"
             ),
         }
         return files
@@ -229,7 +232,12 @@ def finish_test(module, evaluation: TestEvaluation) -> dict[str, Path]:
     module.log_dict(evaluation.logged_metrics())
     if not trainer.is_global_zero:
         return {}
-    context = {"ckpt_path": trainer.ckpt_path, "epochs": trainer.current_epoch}
+    folder = RunFolder(trainer.default_root_dir)
+    # relative to the run folder, as in every record (lightning_seg.run): a moved folder keeps working
+    context = {
+        "ckpt_path": folder.relative(trainer.ckpt_path) if trainer.ckpt_path else None,
+        "epochs": trainer.current_epoch,
+    }
     files = evaluation.write(trainer.default_root_dir, context)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):

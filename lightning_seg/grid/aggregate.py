@@ -1,7 +1,7 @@
 """Aggregating a grid: mean ± std over folds and seeds, beside the paper's numbers, with paired Wilcoxon tests.
 
-Reads every ``result.json`` under a grid's output root (:mod:`lightning_seg.grid.execute`), and the per-image
-scores each run's test wrote beside it (:mod:`lightning_seg.evaluation.records`), and writes:
+Reads the ``result.json`` of every run folder under a grid's output root (or of the given run folders), and
+the per-image scores each run's test wrote beside it (:mod:`lightning_seg.evaluation.records`), and writes:
 
 - ``summary.csv``: one row per (dataset, model, fraction, loss, metric): n runs, mean, std, a bootstrap 95 %
   interval, the paper's mean and std. Run-level metrics (``miou``, ``iou_<class>``, ``ece``, ``ece_<class>``)
@@ -15,13 +15,14 @@ scores each run's test wrote beside it (:mod:`lightning_seg.evaluation.records`)
 
 IoU, Dice, NSD, clDice and ECE are in percent, as in the paper; HD95 in pixels. ``std`` is the sample standard
 deviation (ddof = 1). Intervals, tests and the multiple-comparison policy: :mod:`lightning_seg.grid.statistics`.
+The runs averaged in one row must share their settings but for fold and seed (their ``cell``,
+:attr:`lightning_seg.run.RunIdentity.cell`); runs of other settings under the same keys are an error, never mixed.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -31,8 +32,8 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..evaluation.policy import SCORES
+from ..run import Records, RunFolder, find_run_folders, group_name, settings_diff
 from . import statistics as st
-from .execute import RESULT
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.csv")
 CANDIDATES = ("ml", "caml")
@@ -59,19 +60,35 @@ def group_order(group: Group) -> tuple:
     return (_rank(dataset, DATASET_ORDER), _rank(model, MODEL_ORDER), -fraction, _rank(loss, LOSS_ORDER))
 
 
-def collect(root: Path) -> list[dict]:
-    """Every run result under ``root`` (``<data>/<model>/<loss>/<run>/result.json``), in a stable order.
-
-    Exactly four levels deep: Ray Tune keeps files of the same name in its trial folders under ``root/ray``.
-    """
+def collect(root: Path, folders: Iterable[Path] | None = None) -> list[dict]:
+    """The results of the run folders under ``root`` (or of ``folders``), in a stable order; each record gets
+    the key ``folder`` (its run folder) beside what ``result.json`` holds. Folders without a result are skipped."""
     results = []
-    for path in sorted(Path(root).glob(f"*/*/*/*/{RESULT}")):
-        record = json.loads(path.read_text())
+    for folder in [RunFolder(f) for f in sorted(folders)] if folders is not None else find_run_folders(root):
+        record = folder.read(Records.RESULT)
+        if record is None:
+            continue
         if "keys" not in record or "metrics" not in record:
-            raise ValueError(f"{path} is not a grid result (no 'keys' or 'metrics')")
-        record["run_dir"] = str(path.parent)  # where the run's per-image scores are
-        results.append(record)
+            raise ValueError(f"{folder.record_path(Records.RESULT)} is not a grid result (no 'keys' or 'metrics')")
+        results.append({**record, "folder": str(folder.path)})
     return results
+
+
+def check_cells(results: Sequence[dict]) -> None:
+    """Raise ``ValueError`` when one (dataset, model, fraction, loss) holds runs of different settings."""
+    cells: dict[Group, dict[str | None, dict]] = defaultdict(dict)
+    for record in results:
+        cells[_group(record)].setdefault(record.get("cell"), record)
+    for group, by_cell in cells.items():
+        if len(by_cell) > 1:
+            first, second = list(by_cell.values())[:2]
+            a, b = (RunFolder(r["folder"]).identity() for r in (first, second))
+            diff = settings_diff(a.settings, b.settings) if a and b else "unknown settings"
+            raise ValueError(
+                f"{group_name(*group[:3])}/{group[3]} holds runs of {len(by_cell)} different settings ({diff}; e.g. "
+                f"{first['folder']} and {second['folder']}): aggregate one setting at a time with "
+                "`lightning-seg-grid run GRID --aggregate` (same --set), or give each setting its own --out"
+            )
 
 
 def _group(record: dict) -> Group:
@@ -384,11 +401,15 @@ def images_markdown(calibration: Sequence[Summary], rows: Sequence[dict], tests:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def aggregate(root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES) -> dict[str, Path]:
-    """Aggregate the results under ``root`` into ``out`` (default ``root``); return the files written."""
-    results = collect(root)
+def aggregate(
+    root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES, folders: Iterable[Path] | None = None
+) -> dict[str, Path]:
+    """Aggregate the results under ``root`` (only those of ``folders`` if given) into ``out`` (default ``root``);
+    return the files written."""
+    results = collect(root, folders)
     if not results:
-        raise FileNotFoundError(f"no {RESULT} under {root}: run the grid first (lightning-seg-grid run …)")
+        raise FileNotFoundError(f"no {Records.RESULT} under {root}: run the grid first (lightning-seg-grid run …)")
+    check_cells(results)
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     paper = load_paper_tables(paper_tables) if paper_tables else {}

@@ -5,8 +5,9 @@
     lightning-seg-grid run configs/grids/reduced.yaml --backend ray --gpus-per-run 0.25 --ray-address auto
     lightning-seg-grid aggregate runs/grids/reduced
 
-``run`` skips runs that are done and resumes killed ones, so re-running the same command after a crash or a
-kill carries on where it stopped. Results go to ``runs/grids/<grid name>`` unless ``--out`` says otherwise.
+``run`` skips runs that are done (finished with the same settings) and resumes killed ones, so re-running the
+same command after a crash or a kill carries on where it stopped; ``--set`` changes the settings, so it makes new
+runs. Results go to ``runs/grids/<grid name>`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .aggregate import PAPER_TABLES, aggregate
 from .execute import local_slots, run_local, run_status
-from .spec import Grid, GridError
+from .spec import Grid, GridError, check_runs
 
 
 def _default_out(grid: Grid) -> Path:
@@ -66,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPU share per run, e.g. 0.25")
     run.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs per run")
     run.add_argument("--ray-address", help="ray: address of a running cluster ('auto'); default: start locally")
-    run.add_argument("--aggregate", action="store_true", help="aggregate the results when every run is done")
+    run.add_argument(
+        "--aggregate", action="store_true", help="aggregate the results of these runs when every one is done"
+    )
     summary = commands.add_parser("aggregate", help="mean ± std and Wilcoxon tests of a grid's results")
     summary.add_argument("root", type=Path, help="output root of a grid, e.g. runs/grids/reduced")
     summary.add_argument("--out", type=Path, help="where to write results.md/summary.csv/wilcoxon.csv (default root)")
@@ -105,32 +108,33 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         grid = Grid.load(args.grid)
         runs = grid.runs(args.set)
-    except (GridError, FileNotFoundError) as error:
+        out = (args.out or _default_out(grid)).resolve()
+        if args.command == "list":
+            states = Counter()
+            for run in runs:
+                state = run_status(out / run.relpath, run.identity.fingerprint)
+                states[state] += 1
+                print(shlex.join(run.command(out / run.relpath)) if args.commands else f"{state:8s} {run.relpath}")
+            print(f"{len(runs)} runs in {out}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+            return 0
+        check_runs(runs)
+        if args.backend == "ray":
+            from .ray_backend import run_ray
+
+            report = run_ray(runs, out, args.gpus_per_run, args.cpus_per_run, address=args.ray_address)
+        else:
+            slots = local_slots(_visible_gpus(args.gpus), args.runs_per_gpu, args.parallel)
+            print(f"{len(runs)} runs, {len(slots)} at a time, into {out}", flush=True)
+            update, progress = _progress(len(runs))
+            with progress:
+                report = run_local(runs, out, slots, on_progress=update)
+        print(report.summary())
+        if report.ok and args.aggregate:
+            files = aggregate(out, folders=[out / run.relpath for run in runs])
+            print(f"aggregated: {files['markdown']}")
+    except (GridError, ValueError, FileNotFoundError) as error:
         print(f"lightning-seg-grid: error: {error}", file=sys.stderr)
         return 2
-    out = (args.out or _default_out(grid)).resolve()
-    if args.command == "list":
-        states = Counter()
-        for run in runs:
-            state = run_status(out / run.relpath)
-            states[state] += 1
-            print(shlex.join(run.command(out / run.relpath)) if args.commands else f"{state:8s} {run.relpath}")
-        print(f"{len(runs)} runs in {out}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
-        return 0
-    if args.backend == "ray":
-        from .ray_backend import run_ray
-
-        report = run_ray(runs, out, args.gpus_per_run, args.cpus_per_run, address=args.ray_address)
-    else:
-        slots = local_slots(_visible_gpus(args.gpus), args.runs_per_gpu, args.parallel)
-        print(f"{len(runs)} runs, {len(slots)} at a time, into {out}", flush=True)
-        update, progress = _progress(len(runs))
-        with progress:
-            report = run_local(runs, out, slots, on_progress=update)
-    print(report.summary())
-    if report.ok and args.aggregate:
-        files = aggregate(out)
-        print(f"aggregated: {files['markdown']}")
     return 0 if report.ok else 1
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .execute import GridReport, RunLocked, execute_run, run_status
-from .spec import Run
+from .execute import GridReport, RunFailed, RunLocked, execute_run, run_status
+from .spec import Run, check_runs
 
 
 def _trainable(config: dict, runs: dict[str, Run], root: str) -> dict:
@@ -24,6 +24,8 @@ def _trainable(config: dict, runs: dict[str, Run], root: str) -> dict:
         result = execute_run(runs[config["run"]], Path(root))
     except RunLocked:
         return {"outcome": "locked"}
+    except RunFailed as failure:  # reported like a local failure: cause and log tail, not Ray's traceback
+        return {"outcome": "failed", "cause": failure.cause, "log": str(failure.log), "tail": failure.tail}
     metrics = {key.replace("/", "_"): value for key, value in result["metrics"].items() if value is not None}
     return {"outcome": "completed", **metrics}
 
@@ -45,10 +47,11 @@ def run_ray(
     if gpus_per_run < 0 or cpus_per_run <= 0:
         raise ValueError("gpus_per_run must be >= 0 and cpus_per_run > 0")
     root = Path(root).resolve()
+    check_runs(runs)
     report = GridReport()
     todo = []
     for run in runs:
-        (report.done_before if run_status(root / run.relpath) == "done" else todo).append(run)
+        (report.done_before if run_status(root / run.relpath, run.identity.fingerprint) == "done" else todo).append(run)
     if not todo:
         return report
     by_path = {str(run.relpath): run for run in todo}  # trials are named by their run folder
@@ -76,9 +79,13 @@ def run_ray(
             ray.shutdown()
     for result in results:
         run = by_path[result.config["run"]]
+        outcome = (result.metrics or {}).get("outcome")
         if result.error is not None:
-            report.failed[run] = str(result.error)
-        elif (result.metrics or {}).get("outcome") == "locked":
+            report.failed[run] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+        elif outcome == "failed":
+            metrics = result.metrics
+            report.failed[run] = RunFailed(run.relpath, metrics["cause"], Path(metrics["log"]), metrics["tail"])
+        elif outcome == "locked":
             report.locked.append(run)
         else:
             report.completed.append(run)

@@ -9,14 +9,16 @@ A grid names its axes once and crosses them in blocks::
     seed: [0, 1, 2]
     variants:                       # named values of an axis; a plain name has a default meaning (below)
       loss:
-        additive_0.7: {config: losses/additive.yaml, args: {model.init_args.loss.init_args.lam: 0.7}}
+        additive_lam=0.7: {config: losses/additive.yaml, args: {model.init_args.loss.init_args.lam: 0.7}}
     blocks:                         # each block is a cartesian product of its axes
-      - {data: [chase], model: [unet], loss: [ce, dice, additive_0.7, ml, caml], fraction: [1.0, 0.25]}
+      - {data: [chase], model: [unet], loss: [ce, dice, additive_lam=0.7, ml, caml], fraction: [1.0, 0.25]}
 
 Without a variant, a ``data`` value ``x`` composes ``data/x.yaml``, a ``loss`` value ``losses/x.yaml``, and a
 ``model`` value sets ``model.init_args.model: x`` (a name of :func:`lightning_seg.models.build_model`).
-Every run gets its own folder ``<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>`` under the grid's output root,
-the layout of :func:`lightning_seg.cli.run_dir`.
+The values are names in the grid file only: a run's keys, labels and folder come from its resolved config
+(:mod:`lightning_seg.run`), exactly as for a hand-started ``lightning-seg fit``, so the shipped grids name their
+variants by those labels. Each run gets the folder ``<data>/<model>/<loss>/fold<k>_frac<f>_seed<s>-<fingerprint>``
+under the grid's output root.
 """
 
 from __future__ import annotations
@@ -26,67 +28,126 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import yaml
+
+from ..run import RunIdentity, RunKeys, import_object, settings_diff
 
 AXES = ("data", "model", "loss", "fraction", "fold", "seed")
 NAMED_AXES = ("data", "model", "loss")
 GRID_KEYS = {"config_dir", "base", "args", "variants", "blocks", *AXES}
 BLOCK_KEYS = {"args", *AXES}
 VARIANT_KEYS = {"config", "args"}
+#: The options each run's fold, fraction and seed set (last on its command line).
+AXIS_OPTIONS = ("data.init_args.fold", "data.init_args.train_fraction", "seed_everything")
 
 
 class GridError(ValueError):
     """A grid file that cannot be expanded; the message names the file and the offending entry."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Run:
-    """One training run of a grid: its keys, the config files it composes and its command-line overrides."""
+    """One training run of a grid: its identity (keys, settings, fingerprint), the config files it composes and
+    its command-line overrides. Two runs are the same run when their fingerprints are equal."""
 
-    data: str
-    model: str
-    loss: str
-    fraction: float
-    fold: int
-    seed: int
-    configs: tuple[str, ...] = field(default=(), compare=False)
-    args: tuple[str, ...] = field(default=(), compare=False)
+    identity: RunIdentity
+    configs: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    #: the data module's class path and arguments as configured (for :func:`check_runs`)
+    data_config: dict = field(default_factory=dict, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and self.identity.fingerprint == other.identity.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.identity.fingerprint)
+
+    @property
+    def data(self) -> str:
+        return self.identity.keys.dataset
+
+    @property
+    def model(self) -> str:
+        return self.identity.keys.model
+
+    @property
+    def loss(self) -> str:
+        return self.identity.keys.loss
+
+    @property
+    def fraction(self) -> float:
+        return self.identity.keys.fraction
+
+    @property
+    def fold(self) -> int:
+        return self.identity.keys.fold
+
+    @property
+    def seed(self) -> int:
+        return self.identity.keys.seed
 
     @property
     def keys(self) -> dict:
-        """``dataset, model, loss, fraction, fold, seed``: the keys of :func:`lightning_seg.cli.run_keys`."""
-        return {
-            "dataset": self.data,
-            "model": self.model,
-            "loss": self.loss,
-            "fraction": self.fraction,
-            "fold": self.fold,
-            "seed": self.seed,
-        }
+        """``dataset, model, loss, fraction, fold, seed`` (:class:`lightning_seg.run.RunKeys`)."""
+        return self.identity.keys.as_dict()
 
     @property
     def relpath(self) -> Path:
-        """The run's folder under the grid's output root."""
-        return Path(self.data, self.model, self.loss, f"fold{self.fold}_frac{self.fraction:g}_seed{self.seed}")
+        """The run's folder under the grid's output root (:attr:`lightning_seg.run.RunIdentity.relpath`)."""
+        return self.identity.relpath
 
-    def command(self, run_dir: Path, resume_from: Path | None = None) -> list[str]:
-        """The ``lightning-seg fit`` command line of this run, writing into ``run_dir``, testing after fit."""
+    def command(self, run_dir: Path) -> list[str]:
+        """The ``lightning-seg fit`` command line of this run, writing into ``run_dir``, testing after fit.
+
+        Run again after a crash or a kill, the same command resumes the run from its last checkpoint.
+        """
         cmd = [sys.executable, "-m", "lightning_seg.cli", "fit"]
         for config in self.configs:
             cmd += ["--config", config]
-        cmd += [
-            *self.args,
-            f"--data.init_args.fold={self.fold}",
-            f"--data.init_args.train_fraction={self.fraction}",
-            f"--seed_everything={self.seed}",
-            f"--trainer.default_root_dir={run_dir}",
-            "--test_after_fit=true",
+        return [*cmd, *self.args, *self.axis_args(), f"--trainer.default_root_dir={run_dir}", "--test_after_fit=true"]
+
+    def axis_args(self) -> list[str]:
+        return [
+            f"--{option}={value}"
+            for option, value in zip(AXIS_OPTIONS, (self.fold, self.fraction, self.seed), strict=True)
         ]
-        if resume_from is not None:
-            cmd.append(f"--ckpt_path={resume_from}")
-        return cmd
+
+
+@cache
+def _template(configs: tuple[str, ...], args: tuple[str, ...]) -> tuple[RunIdentity, dict]:
+    """The identity and data config of ``fit`` with these configs and overrides, parsed once per process."""
+    from ..cli import fit_identity
+
+    identity, resolved = fit_identity([arg for config in configs for arg in ("--config", config)] + list(args))
+    return identity, resolved["data"]
+
+
+def check_runs(runs: Iterable[Run]) -> None:
+    """Build each distinct data module of ``runs`` once (nothing is loaded): a fold or training fraction that its
+    split file does not have is a :class:`GridError` before any run starts, naming every run it concerns."""
+    problems: dict[str, list[str]] = {}
+    seen: dict[str, str | None] = {}
+    for run in runs:
+        data = run.data_config
+        init_args = {**(data.get("init_args") or {}), "fold": run.fold, "train_fraction": run.fraction}
+        key = json.dumps([data.get("class_path"), init_args], sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = None
+            try:
+                import_object(data["class_path"])(**init_args)
+            except Exception as error:  # noqa: BLE001 - each data error is reported with its runs
+                seen[key] = f"{data['class_path'].rsplit('.', 1)[-1]}: {error}"
+        if seen[key] is not None:
+            problems.setdefault(seen[key], []).append(str(run.relpath))
+    if problems:
+        lines = [
+            f"{message} (runs: {', '.join(folders[:3])}{' …' if len(folders) > 3 else ''})"
+            for message, folders in problems.items()
+        ]
+        raise GridError("the data of some runs cannot be built; nothing was started:\n  " + "\n  ".join(lines))
 
 
 def _as_list(value, where: str) -> list:
@@ -185,15 +246,23 @@ class Grid:
     def runs(self, overrides: Iterable[str] = ()) -> list[Run]:
         """Every run of every block, in block order; ``overrides`` (``key=value``) are appended to each run's args.
 
-        The same run named by two blocks is kept once; two different runs that would share a folder are an error.
+        Each run's identity comes from its resolved config (:func:`lightning_seg.cli.fit_identity`), parsed once
+        per distinct (configs, overrides) and completed with the run's fold, fraction and seed. The same run named
+        by two blocks is kept once; two runs with the same keys but other settings are an error.
         """
         extra = []
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise GridError(f"override {item!r} is not key=value")
+            if key.removeprefix("--") in AXIS_OPTIONS:
+                raise GridError(
+                    f"--set {key.removeprefix('--')}: fold, fraction and seed are the grid's axes; set them in the grid "
+                    "file (fold: [...], fraction: [...], seed: [...])"
+                )
             extra.append(_override(key.removeprefix("--"), yaml.safe_load(value)))
-        runs: dict[Path, Run] = {}
+        runs: dict[Run, Run] = {}
+        by_keys: dict[RunKeys, Run] = {}
         for index, block in enumerate(self.blocks):
             where = f"{self.path}: blocks[{index}]"
             if not isinstance(block, dict):
@@ -214,18 +283,20 @@ class Grid:
                     axis_configs, axis_args = self._resolve(axis, str(value), where)
                     configs += axis_configs
                     run_args.update(axis_args)
-                run = Run(
-                    data=str(data),
-                    model=str(model),
-                    loss=str(loss),
-                    fraction=float(fraction),
-                    fold=int(fold),
-                    seed=int(seed),
-                    configs=tuple(configs),
-                    args=tuple(_override(k, v) for k, v in run_args.items()) + tuple(extra),
-                )
-                earlier = runs.get(run.relpath)
-                if earlier is not None and (earlier.configs, earlier.args) != (run.configs, run.args):
-                    raise GridError(f"{where}: run {run.relpath} is defined twice with different settings")
-                runs[run.relpath] = run
+                command_args = tuple(_override(k, v) for k, v in run_args.items()) + tuple(extra)
+                try:
+                    template, data_config = _template(tuple(configs), command_args)
+                except ValueError as error:
+                    raise GridError(f"{where}: data={data}, model={model}, loss={loss}: {error}") from None
+                identity = template.with_overrides(int(fold), float(fraction), int(seed))
+                run = Run(identity=identity, configs=tuple(configs), args=command_args, data_config=data_config)
+                earlier = by_keys.get(identity.keys)
+                if earlier is not None and earlier != run:
+                    raise GridError(
+                        f"{where}: run {run.relpath.parent}/{identity.keys.leaf} is also defined by an earlier block "
+                        f"with other settings ({settings_diff(earlier.identity.settings, identity.settings)}): tables "
+                        "could not tell them apart"
+                    )
+                by_keys[identity.keys] = run
+                runs.setdefault(run, run)
         return list(runs.values())

@@ -31,7 +31,8 @@ import numpy as np
 from scipy import stats
 
 from ..evaluation.policy import SCORES
-from ..evaluation.records import EVALUATION, PER_IMAGE, read_per_image
+from ..evaluation.records import read_per_image
+from ..run import Records
 
 #: Bootstrap replicates, interval level and generator seed of every interval.
 REPLICATES = 2000
@@ -165,11 +166,11 @@ class RunImages:
 
 
 def run_images(record: dict) -> RunImages | None:
-    """Read the per-image file of the run ``record`` (a result with ``run_dir``); ``None`` if it has none."""
-    run_dir = Path(record["run_dir"])
-    if not (run_dir / PER_IMAGE).is_file():
+    """Read the per-image file of the run ``record`` (a result with its ``folder``); ``None`` if it has none."""
+    run_dir = Path(record["folder"])
+    if not (run_dir / Records.PER_IMAGE).is_file():
         return None
-    rows = read_per_image(run_dir / PER_IMAGE)
+    rows = read_per_image(run_dir / Records.PER_IMAGE)
     run = RunImages(record["keys"], run_dir)
     by_image: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
@@ -197,7 +198,7 @@ def check_settings(runs: Sequence[RunImages]) -> dict[str, dict]:
     """
     first: dict[str, tuple[dict, Path]] = {}
     for run in runs:
-        path = run.run_dir / EVALUATION
+        path = run.run_dir / Records.EVALUATION
         if not path.is_file():
             continue
         settings = json.loads(path.read_text()).get("settings", {})

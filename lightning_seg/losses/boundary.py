@@ -113,11 +113,11 @@ def _class_slice(include_background: bool, num_classes: int) -> slice:
 
 def boundary_term(terms: LossTerms, include_background: bool) -> Tensor:
     """Kervadec et al.'s ``L_B``; see :class:`Boundary`."""
-    classes = _class_slice(include_background, terms.probs.shape[1])
+    classes = _class_slice(include_background, terms.num_classes)
     onehot = terms.onehot[:, classes]
     phi = signed_distance_map(onehot > 0.5).to(terms.probs.dtype)
     valid = terms.valid.unsqueeze(1).to(terms.probs.dtype)
-    total = (terms.probs[:, classes] * phi * valid).sum()
+    total = terms.sum(terms.probs[:, classes] * phi * valid)
     return total / (terms.n_valid * onehot.shape[1])
 
 
@@ -202,7 +202,7 @@ class HausdorffDT(SegmentationLoss):
         self.dice_weight = check_nonneg("dice_weight", dice_weight)
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
-        classes = _class_slice(self.include_background, terms.probs.shape[1])
+        classes = _class_slice(self.include_background, terms.num_classes)
         valid = terms.valid.unsqueeze(1)
         probs = terms.probs[:, classes]
         onehot = terms.onehot[:, classes]
@@ -211,7 +211,7 @@ class HausdorffDT(SegmentationLoss):
             d_true = unsigned_distance_map(onehot > 0.5)
             weight = (d_pred.pow(self.alpha) + d_true.pow(self.alpha)).to(probs.dtype)
         error = (probs - onehot).square() * valid.to(probs.dtype)
-        loss = (error * weight).sum() / (terms.n_valid * probs.shape[1])
+        loss = terms.sum(error * weight) / (terms.n_valid * probs.shape[1])
         if self.dice_weight > 0:
             loss = loss + self.dice_weight * terms.dice_loss
         return loss, None
@@ -256,14 +256,14 @@ class BoundaryDoU(SegmentationLoss):
             neighbours = F.conv2d(t.reshape(n * c, 1, h, w), kernel.view(1, 1, 3, 3), padding=1).view(n, c, h, w)
             boundary = (t > 0.5) & (neighbours < 4.5)
             b_count = boundary.sum(dim=(0, 2, 3)).to(t.dtype)
-            s_count = t.sum(dim=(0, 2, 3))
-            alpha = 1.0 - 2.0 * (b_count + smooth) / (s_count + smooth)
-            if self.alpha_max is not None:
-                alpha = alpha.clamp_max(self.alpha_max)
         probs = terms.probs * terms.valid.unsqueeze(1).to(t.dtype)
-        dims = (0, 2, 3)
-        intersect = (probs * t).sum(dims)
-        z_sum = probs.square().sum(dims)
+        # Boundary pixels are found per image; their count, like Σ p², is a sum over the batch.
+        b_count, z_sum = terms.reduce(torch.stack([b_count, probs.square().sum(dim=(0, 2, 3))])).unbind()
+        s_count = terms.class_counts
+        alpha = 1.0 - 2.0 * (b_count.detach() + smooth) / (s_count + smooth)
+        if self.alpha_max is not None:
+            alpha = alpha.clamp_max(self.alpha_max)
+        intersect = terms.intersection
         y_sum = s_count
         per_class = (z_sum + y_sum - 2.0 * intersect + smooth) / (z_sum + y_sum - (1.0 + alpha) * intersect + smooth)
         return per_class.mean(), None

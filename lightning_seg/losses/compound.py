@@ -9,6 +9,7 @@ Notation as in :mod:`.paper` and :mod:`.region`: ``p_ic`` softmax probability, `
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from .base import EPS, LossTerms, SegmentationLoss, register_loss
 from .boundary import Boundary
-from .pixel import check_class_weights, class_counts, class_weight_tensor, frac_pow, pixel_class_weight
+from .pixel import check_class_weights, class_weight_tensor, frac_pow, pixel_class_weight
 from .region import check_nonneg, check_unit, class_mean, confusion_sums
 
 #: Probability clip of the Combo loss's ``log(1 - p)`` (Keras' ``K.epsilon()`` in the authors' code).
@@ -57,7 +58,7 @@ class Combo(SegmentationLoss):
         t = terms.onehot
         valid = terms.valid.unsqueeze(1).to(log_p.dtype)
         bce = -(self.beta * t * log_p + (1.0 - self.beta) * (1.0 - t) * log_1mp) * valid
-        bce = bce.sum() / (terms.n_valid * log_p.shape[1])
+        bce = terms.sum(bce) / (terms.n_valid * log_p.shape[1])
         return self.alpha * bce - (1.0 - self.alpha) * terms.dice_coef, None
 
     def extra_repr(self) -> str:
@@ -112,7 +113,7 @@ class ExpLog(SegmentationLoss):
         if self.class_frequencies is not None:
             freq = class_weight_tensor("class_frequencies", self.class_frequencies, terms)
         else:
-            freq = class_counts(terms).detach()
+            freq = terms.class_counts
         ratio = freq.sum() / freq.clamp_min(EPS)
         return torch.where(freq > 0, ratio.sqrt(), torch.zeros_like(ratio))
 
@@ -163,9 +164,9 @@ class UnifiedFocal(SegmentationLoss):
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
         eps = 1e-7
-        background = terms.onehot[:, 0]
+        background = (terms.target == 0) & terms.valid
         focal_weight = torch.where(
-            background > 0.5,
+            background,
             (1.0 - self.delta) * frac_pow(1.0 - terms.pt_map, self.gamma),
             torch.full_like(terms.pt_map, self.delta),
         )
@@ -183,7 +184,7 @@ class UnifiedFocal(SegmentationLoss):
 def region_proportions(terms: LossTerms, temperature: float) -> tuple[Tensor, Tensor]:
     """Per-image class proportions ``(τ, p̂)`` (N×C) of the labels and of ``softmax(T · logits)`` over the
     non-ignored pixels, smoothed by ``1e-10`` as in Liu et al.'s code."""
-    valid = terms.valid.unsqueeze(1).to(terms.probs.dtype)
+    valid = terms.valid.unsqueeze(1).to(terms.logits.dtype)
     if temperature == 1.0:
         probs = terms.probs
     else:
@@ -205,12 +206,14 @@ class _CERegion(SegmentationLoss):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         self.temperature = float(temperature)
 
+    @abstractmethod
     def region_term(self, gt: Tensor, pred: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The region-size penalty of each image (N) from the proportions ``τ`` and ``p̂`` (N×C)."""
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
         gt, pred = region_proportions(terms, self.temperature)
-        return terms.ce + self.lam * self.region_term(gt, pred), None
+        # Mean over the batch's images (every process's, when synchronised).
+        return terms.ce + self.lam * terms.sum(self.region_term(gt, pred)) / terms.n_images, None
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, temperature={self.temperature}, " + super().extra_repr()
@@ -234,7 +237,7 @@ class CERegionL1(_CERegion):
     """
 
     def region_term(self, gt: Tensor, pred: Tensor) -> Tensor:
-        return (pred - gt).abs().mean()
+        return (pred - gt).abs().mean(dim=1)
 
 
 @register_loss("ce_kl_region")
@@ -253,7 +256,7 @@ class CERegionKL(_CERegion):
     """
 
     def region_term(self, gt: Tensor, pred: Tensor) -> Tensor:
-        return (gt * torch.log(gt / pred)).sum(dim=1).mean()
+        return (gt * torch.log(gt / pred)).sum(dim=1)
 
 
 @register_loss("gdl_boundary")

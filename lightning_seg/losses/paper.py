@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from .base import AbsentClasses, LossTerms, SegmentationLoss, confidence_exponent, register_loss, safe_pow
 
-PBar = Literal["true_class", "all_classes", "per_pixel"]
+PBar = Literal["true_class", "all_classes", "per_pixel", "max_class"]
+#: The readings of ``p̄`` (see :class:`ConfidenceAdaptiveMultiplicative`).
+PBARS: tuple[str, ...] = ("true_class", "all_classes", "per_pixel", "max_class")
 AlphaGrad = Literal["pbar", "none", "full"]
 
 
@@ -78,14 +81,25 @@ class ConfidenceAdaptiveMultiplicative(SegmentationLoss):
             Under a softmax that is exactly ``1/C`` for every input, so α depends on D alone.
             ``"per_pixel"``: the pre-erratum eq. (10), ``α_i = (1 - p[i, y_i])^D`` applied inside the CE
             mean: ``L = L_Dice · (1/N) Σ_i (-log p[i, y_i])^{α_i}``.
+            ``"max_class"``: the label-free reading of the paper's "average prediction confidence",
+            ``p̄ = (1/N) Σ_i max_c p_ic``, the batch mean of the largest class probability.
         alpha_grad: which gradients flow through α.
             ``"pbar"`` (default): through ``p̄`` with ``D`` held constant, as eq. (14-15) differentiate.
             ``"none"``: α is a constant per step (detached).
             ``"full"``: through ``p̄`` and ``D``.
+
+    Gradient through ``p̄``: ``∂L/∂p̄ = L_Dice · L_CE^α · log L_CE · ∂α/∂p̄`` with ``∂α/∂p̄ = -D (1 - p̄)^(D-1) < 0``,
+    so while ``L_CE < 1`` the α path pushes ``p̄`` *down* and while ``L_CE > 1`` up. With ``true_class`` that
+    path moves the true class's probability, like the CE term. With ``max_class`` it moves each pixel's most
+    probable class whatever the label: ``∂p̄/∂x_ic = p_ik (δ(c = k) - p_ic) / N``, ``k`` the pixel's arg-max, a
+    label-free push towards confident predictions while ``L_CE > 1`` and away from them (towards higher entropy)
+    once ``L_CE < 1``; ``alpha_grad="none"`` removes it and keeps only the label-driven gradients of ``L_Dice``
+    and ``L_CE``. With ``all_classes`` ``p̄ = 1/C`` has no gradient, so ``"pbar"`` and ``"none"`` coincide.
         r: if given, ``D`` in the exponent is replaced by this constant (the fixed-r ablation, Tab. 4);
             see :class:`CAMLFixedR`.
 
-    Numerics: ``1 - p̄`` is clamped to ``[1e-6, 1]`` and ``L_CE`` (or the per-pixel CE) to ``≥ 1e-6``
+    Numerics: ``α``'s gradient is taken with ``1 - p̄`` (or ``1 - p_i``) kept in ``[1e-6, 1]`` (its value is exact;
+    see :func:`.base.confidence_exponent`), and ``L_CE`` (or the per-pixel CE) is bounded below by ``1e-6``
     before the fractional power, so that ``∂L/∂α = L_Dice · L_CE^α · log L_CE`` stays finite at perfect
     predictions; below that bound the CE factor stops passing gradient, where its value is < 1e-6 anyway.
     """
@@ -98,15 +112,17 @@ class ConfidenceAdaptiveMultiplicative(SegmentationLoss):
         ignore_index: int | None = 255,
         smooth: float = 1.0,
         absent_classes: AbsentClasses = "include",
+        sync_stats: bool = True,
     ) -> None:
-        super().__init__(ignore_index=ignore_index, smooth=smooth, absent_classes=absent_classes)
-        if pbar not in ("true_class", "all_classes", "per_pixel"):
-            raise ValueError(f"pbar must be 'true_class', 'all_classes' or 'per_pixel', got {pbar!r}")
+        super().__init__(ignore_index=ignore_index, smooth=smooth, absent_classes=absent_classes, sync_stats=sync_stats)
+        if pbar not in PBARS:
+            raise ValueError(f"pbar must be 'true_class', 'all_classes', 'per_pixel' or 'max_class', got {pbar!r}")
         if alpha_grad not in ("pbar", "none", "full"):
             raise ValueError(f"alpha_grad must be 'pbar', 'none' or 'full', got {alpha_grad!r}")
         if r is not None and r < 0:
             raise ValueError(f"r must be ≥ 0, got {r}")
         self.pbar = pbar
+        self.uses_max_prob = pbar == "max_class"
         self.alpha_grad = alpha_grad
         self.r = None if r is None else float(r)
 
@@ -122,13 +138,18 @@ class ConfidenceAdaptiveMultiplicative(SegmentationLoss):
         if self.pbar == "per_pixel":
             pt_map = terms.pt_map if self.alpha_grad != "none" else terms.pt_map.detach()
             alpha_map = confidence_exponent(pt_map, exponent)
-            ce_pow = terms.valid_mean(safe_pow(terms.ce_map, alpha_map))
-            return terms.dice_loss * ce_pow, terms.valid_mean(alpha_map)
+            # Both means in one reduction over the processes.
+            sums = terms.reduce(
+                torch.stack([safe_pow(terms.ce_map, alpha_map).mul(terms.valid).sum(), (alpha_map * terms.valid).sum()])
+            )
+            ce_pow, alpha_mean = (sums / terms.n_valid).unbind()
+            return terms.dice_loss * ce_pow, alpha_mean
         if self.pbar == "true_class":
             p_bar = terms.p_bar
+        elif self.pbar == "max_class":
+            p_bar = terms.max_prob
         else:
-            num_classes = terms.probs.shape[1]
-            p_bar = (terms.probs * terms.valid.unsqueeze(1)).sum() / (terms.n_valid * num_classes)
+            p_bar = terms.prob_sum.sum() / (terms.n_valid * terms.num_classes)
         if self.alpha_grad == "none":
             p_bar = p_bar.detach()
         alpha = confidence_exponent(p_bar, exponent)
@@ -153,6 +174,7 @@ class CAMLFixedR(ConfidenceAdaptiveMultiplicative):
         ignore_index: int | None = 255,
         smooth: float = 1.0,
         absent_classes: AbsentClasses = "include",
+        sync_stats: bool = True,
     ) -> None:
         super().__init__(
             pbar=pbar,
@@ -161,4 +183,5 @@ class CAMLFixedR(ConfidenceAdaptiveMultiplicative):
             ignore_index=ignore_index,
             smooth=smooth,
             absent_classes=absent_classes,
+            sync_stats=sync_stats,
         )

@@ -52,20 +52,14 @@ def check_class_weights(name: str, weights: Sequence[float] | None) -> tuple[flo
 
 def class_weight_tensor(name: str, weights: tuple[float, ...], terms: LossTerms) -> Tensor:
     """The weights as a tensor on the terms' device/dtype; raises if their number is not C."""
-    num_classes = terms.probs.shape[1]
-    if len(weights) != num_classes:
-        raise ValueError(f"{name} has {len(weights)} weights but the logits have {num_classes} classes")
-    return torch.as_tensor(weights, dtype=terms.probs.dtype, device=terms.probs.device)
+    if len(weights) != terms.num_classes:
+        raise ValueError(f"{name} has {len(weights)} weights but the logits have {terms.num_classes} classes")
+    return torch.as_tensor(weights, dtype=terms.logits.dtype, device=terms.logits.device)
 
 
 def pixel_class_weight(weights: Tensor, terms: LossTerms) -> Tensor:
     """``w[y_i]`` as an N×H×W map (0 at ignored pixels)."""
-    return torch.einsum("nchw,c->nhw", terms.onehot, weights)
-
-
-def class_counts(terms: LossTerms) -> Tensor:
-    """Number of non-ignored pixels of each class in the batch (C)."""
-    return terms.onehot.sum(dim=(0, 2, 3))
+    return weights[terms.target] * terms.valid
 
 
 @register_loss("focal")
@@ -111,7 +105,8 @@ class TopK(SegmentationLoss):
     ``L_TopK = -(1/|K|) Σ_{i ∈ K} log p_t``,
 
     ``K`` the ``k`` % of non-ignored pixels of the batch with the largest CE (lowest ``p_t``),
-    ``|K| = max(1, ⌊N·k/100⌋)``. ``k = 10`` is nnU-Net's ``TopKLoss`` default (the survey gives no value);
+    ``|K| = max(1, ⌊N·k/100⌋)``. Under several processes the selection runs over the concatenated batch (its
+    CE map is gathered: one value per pixel). ``k = 10`` is nnU-Net's ``TopKLoss`` default (the survey gives no value);
     ``k = 100`` is plain CE. The pixel set is chosen over the whole batch and the loss is the mean over it.
     Oracle: NumPy float64 (sort and mean).
 
@@ -126,10 +121,10 @@ class TopK(SegmentationLoss):
         self.k = float(k)
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
-        n_valid = int(terms.valid.sum())
+        n_valid = int(terms.class_counts.sum())
         n_keep = max(1, int(n_valid * self.k / 100.0))
         # CE ≥ 0, so ignored pixels (set to -1) are never picked before a valid one.
-        ce = terms.ce_map.masked_fill(~terms.valid, -1.0).flatten()
+        ce = terms.cat(terms.ce_map.masked_fill(~terms.valid, -1.0).flatten())
         top = torch.topk(ce, min(n_keep, ce.numel()), sorted=False).values
         top = torch.where(top >= 0, top, torch.zeros_like(top))
         return top.sum() / n_keep, None
@@ -175,17 +170,17 @@ class WeightedCrossEntropy(SegmentationLoss):
         """The C weights used for this batch (detached)."""
         if not isinstance(self.weight, str):
             return class_weight_tensor("weight", self.weight, terms)
-        counts = class_counts(terms).detach()
+        counts = terms.class_counts
         num_classes = counts.numel()
         ratio = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1.0)), torch.zeros_like(counts))
         return ratio if self.weight == "inverse_frequency" else ratio.sqrt()
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
         w_map = pixel_class_weight(self.class_weights(terms), terms)
-        total = w_map.sum()
+        weighted, total = terms.reduce(torch.stack([(w_map * terms.ce_map).sum(), w_map.sum()])).unbind()
         # With no weighted pixel (all ignored) the numerator is 0 too: the loss is 0.
         safe_total = torch.where(total > 0, total, torch.ones_like(total))
-        return (w_map * terms.ce_map).sum() / safe_total, None
+        return weighted / safe_total, None
 
     def extra_repr(self) -> str:
         return f"weight={self.weight!r}, " + super().extra_repr()

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from .base import EPS, AbsentClasses, LossTerms, SegmentationLoss, register_loss
 from .pixel import frac_pow
@@ -25,19 +26,11 @@ GDLWeighting = Literal["square", "simple", "uniform"]
 LovaszClasses = Literal["present", "all"]
 
 
-def masked_probs(terms: LossTerms) -> Tensor:
-    """Softmax probabilities with ignored pixels zeroed (N×C×H×W)."""
-    return terms.probs * terms.valid.unsqueeze(1).to(terms.probs.dtype)
-
-
 def confusion_sums(terms: LossTerms) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft ``(TP_c, FP_c, FN_c)`` over the non-ignored pixels of the batch, each of shape C."""
-    probs = masked_probs(terms)
-    dims = (0, 2, 3)
-    tp = (probs * terms.onehot).sum(dims)
-    fp = probs.sum(dims) - tp
-    fn = terms.onehot.sum(dims) - tp
-    return tp, fp, fn
+    """Soft ``(TP_c, FP_c, FN_c)`` over the non-ignored pixels of the batch, each of shape C, from the shared
+    batch sums (``TP_c = Σ t p``, ``FP_c = Σ p - TP_c``, ``FN_c = Σ t - TP_c``)."""
+    tp = terms.intersection
+    return tp, terms.prob_sum - tp, terms.class_counts - tp
 
 
 def class_mean(values: Tensor, terms: LossTerms, absent_classes: AbsentClasses) -> Tensor:
@@ -45,7 +38,7 @@ def class_mean(values: Tensor, terms: LossTerms, absent_classes: AbsentClasses) 
     (``"exclude"``; 0 when no pixel is labelled)."""
     if absent_classes == "include":
         return values.mean()
-    present = terms.onehot.sum(dim=(0, 2, 3)) > 0
+    present = terms.class_counts > 0
     n_present = present.sum()
     mean = (values * present).sum() / n_present.clamp_min(1)
     return torch.where(n_present > 0, mean, torch.zeros_like(mean))
@@ -97,7 +90,10 @@ class LovaszSoftmax(SegmentationLoss):
 
     A vectorised re-implementation (all classes sorted at once, float64-safe) of the authors' code as shipped in
     ``segmentation_models_pytorch.losses.LovaszLoss`` (multiclass), which is the test oracle; smp's version
-    casts to float32 internally and returns an empty tensor when every pixel is ignored.
+    casts to float32 internally and returns an empty tensor when every pixel is ignored. The batch form sorts
+    over the whole batch, so under several processes the probabilities and labels of every process are
+    gathered (as much data as the logits) and each process computes the loss of the concatenated batch; the
+    per-image form sums its per-image losses and image count over the processes.
 
     Args:
         classes: ``"present"`` (the paper's default) averages over the classes present in the labels,
@@ -115,11 +111,12 @@ class LovaszSoftmax(SegmentationLoss):
         self.per_image = bool(per_image)
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
-        probs, onehot, valid = terms.probs, terms.onehot, terms.valid
-        n, c = probs.shape[:2]
+        c = terms.num_classes
         if self.per_image:
-            p, t, v = probs.flatten(2), onehot.flatten(2), valid.flatten(1)  # B×C×P, B×P
+            p, t, v = terms.probs.flatten(2), terms.onehot.flatten(2), terms.valid.flatten(1)  # B×C×P, B×P
         else:
+            probs, target, valid = terms.cat(terms.probs), terms.cat(terms.target), terms.cat(terms.valid)
+            onehot = F.one_hot(target, c).permute(0, 3, 1, 2).to(probs.dtype) * valid.unsqueeze(1)
             p = probs.transpose(0, 1).reshape(1, c, -1)
             t = onehot.transpose(0, 1).reshape(1, c, -1)
             v = valid.reshape(1, -1)
@@ -145,9 +142,11 @@ class LovaszSoftmax(SegmentationLoss):
         else:
             per_item = per_class.mean(-1)
             has_any = present.any(-1)
-        n_items = has_any.sum()
-        loss = (per_item * has_any).sum() / n_items.clamp_min(1)
-        return loss, None
+        if self.per_image:
+            total, n_items = terms.reduce(torch.stack([(per_item * has_any).sum(), has_any.sum().to(p.dtype)])).unbind()
+        else:  # the gathered batch is already the whole batch
+            total, n_items = (per_item * has_any).sum(), has_any.sum()
+        return total / n_items.clamp_min(1), None
 
     def extra_repr(self) -> str:
         return f"classes={self.classes!r}, per_image={self.per_image}, " + super().extra_repr()
@@ -320,10 +319,12 @@ class SensitivitySpecificity(SegmentationLoss):
         valid = terms.valid.unsqueeze(1).to(terms.probs.dtype)
         t = terms.onehot
         sq_err = (t - terms.probs).square() * valid
-        negatives = (1.0 - t) * valid
-        dims = (0, 2, 3)
-        sensitivity_err = (sq_err * t).sum(dims) / (t.sum(dims) + self.eps)
-        specificity_err = (sq_err * negatives).sum(dims) / (negatives.sum(dims) + self.eps)
+        positive_err, total_err = terms.reduce(
+            torch.stack([(sq_err * t).sum(dim=(0, 2, 3)), sq_err.sum(dim=(0, 2, 3))])
+        ).unbind()
+        negatives = terms.class_counts.sum() - terms.class_counts  # non-ignored pixels of the other classes
+        sensitivity_err = positive_err / (terms.class_counts + self.eps)
+        specificity_err = (total_err - positive_err) / (negatives + self.eps)
         per_class = self.r * sensitivity_err + (1.0 - self.r) * specificity_err
         return class_mean(per_class, terms, self.absent_classes), None
 
@@ -372,8 +373,8 @@ class GeneralizedWassersteinDice(SegmentationLoss):
             self.dist_matrix = rows
 
     def matrix(self, terms: LossTerms) -> Tensor:
-        c = terms.probs.shape[1]
-        kw = {"dtype": terms.probs.dtype, "device": terms.probs.device}
+        c = terms.num_classes
+        kw = {"dtype": terms.logits.dtype, "device": terms.logits.device}
         if self.dist_matrix is None:
             return 1.0 - torch.eye(c, **kw)
         if len(self.dist_matrix) != c:
@@ -385,14 +386,11 @@ class GeneralizedWassersteinDice(SegmentationLoss):
 
     def combine(self, terms: LossTerms) -> tuple[Tensor, Tensor | None]:
         m = self.matrix(terms)
-        # Row y_i of M at every pixel (zero at ignored pixels, whose one-hot is zero).
-        m_rows = torch.einsum("nkhw,kl->nlhw", terms.onehot, m)
+        # Row y_i of M at every pixel, zero at ignored pixels.
+        m_rows = m[terms.target].permute(0, 3, 1, 2) * terms.valid.unsqueeze(1)
         wass = (m_rows * terms.probs).sum(1)
-        alpha = torch.ones(m.shape[0], dtype=m.dtype, device=m.device)
-        alpha[0] = 0.0
-        alpha_map = torch.einsum("nkhw,k->nhw", terms.onehot, alpha)
-        tp = (alpha_map * (1.0 - wass)).sum()
-        all_error = wass.sum()
+        foreground = (terms.target > 0) & terms.valid  # α_{y_i}: 0 for the background, 1 otherwise
+        tp, all_error = terms.reduce(torch.stack([(foreground * (1.0 - wass)).sum(), wass.sum()])).unbind()
         return 1.0 - (2.0 * tp + self.eps) / (2.0 * tp + all_error + self.eps), None
 
     def extra_repr(self) -> str:

@@ -14,14 +14,12 @@ from torch.utils.data import DataLoader
 
 from lightning_seg import SegmentationModule
 from lightning_seg.evaluation import (
-    EVALUATION,
-    PER_IMAGE,
-    RELIABILITY,
     EvaluationSettings,
     TestEvaluation,
     read_per_image,
 )
 from lightning_seg.evaluation.records import PER_IMAGE_COLUMNS
+from lightning_seg.run import Records
 
 CLASSES = ["background", "vessel", "blob"]
 
@@ -86,9 +84,9 @@ def test_records_are_strict_and_round_trip(tmp_path):
     evaluation.update(FixedLogits(3)(batch["image"]), batch["mask"], batch["id"])
     files = evaluation.write(tmp_path, {"ckpt_path": "x.ckpt"})
     assert files == {
-        "per_image": tmp_path / PER_IMAGE,
-        "evaluation": tmp_path / EVALUATION,
-        "reliability": tmp_path / RELIABILITY,
+        "per_image": tmp_path / Records.PER_IMAGE,
+        "evaluation": tmp_path / Records.EVALUATION,
+        "reliability": tmp_path / Records.RELIABILITY,
     }
     rows = read_per_image(files["per_image"])
     assert [(r["id"], r["class"]) for r in rows] == [(i, c) for i in "ab" for c in CLASSES]
@@ -158,9 +156,9 @@ def test_module_test_writes_the_records_and_logs_the_numbers(tmp_path):
     assert metrics["test/hd95_blob"].item() == pytest.approx(20.0)
     assert metrics["test/cldice_vessel"].item() == 1.0
     assert "test/miou" in metrics  # the dataset-level numbers stay
-    rows = read_per_image(tmp_path / PER_IMAGE)
+    rows = read_per_image(tmp_path / Records.PER_IMAGE)
     assert len(rows) == 2 * 3
-    assert (tmp_path / RELIABILITY).is_file() and (tmp_path / EVALUATION).is_file()
+    assert (tmp_path / Records.RELIABILITY).is_file() and (tmp_path / Records.EVALUATION).is_file()
 
 
 def test_validation_does_not_evaluate_per_image(tmp_path):
@@ -168,7 +166,7 @@ def test_validation_does_not_evaluate_per_image(tmp_path):
     module.model = FixedLogits(3)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, dataloaders=DataLoader(two_images(), batch_size=1))
-    assert module.test_evaluation is None and not (tmp_path / PER_IMAGE).exists()
+    assert module.test_evaluation is None and not (tmp_path / Records.PER_IMAGE).exists()
 
 
 def test_wandb_gets_the_reliability_diagram_and_the_table(tmp_path):

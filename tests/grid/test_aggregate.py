@@ -10,18 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from lightning_seg.evaluation.records import EVALUATION, PER_IMAGE, write_per_image
+from lightning_seg.evaluation.records import write_per_image
 from lightning_seg.grid.aggregate import aggregate, collect, load_paper_tables, paired_tests, summarize
 from lightning_seg.grid.cli import main as grid_main
-from lightning_seg.grid.execute import RESULT
+from lightning_seg.run import Records
 
 
-def write_result(root: Path, loss: str, fold: int, seed: int, miou: float, ious: dict, **keys) -> None:
+def write_result(
+    root: Path, loss: str, fold: int, seed: int, miou: float, ious: dict, cell: str = "c0", **keys
+) -> Path:
+    """A run folder with its run.json (keys, settings, cell) and a result.json, as a grid leaves them."""
     keys = {"dataset": "chase", "model": "unet", "loss": loss, "fraction": 1.0, "fold": fold, "seed": seed, **keys}
     metrics = {"test/loss": 0.1, "test/miou": miou, **{f"test/iou_{name}": v for name, v in ious.items()}}
-    folder = root / keys["dataset"] / keys["model"] / loss / f"fold{fold}_frac{keys['fraction']:g}_seed{seed}"
+    folder = root / keys["dataset"] / keys["model"] / loss / f"fold{fold}_frac{keys['fraction']:g}_seed{seed}-{cell}"
     folder.mkdir(parents=True)
-    (folder / RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics}))
+    settings = {"trainer": {"max_epochs": int(cell.removeprefix("c")) or 200}}
+    (folder / Records.RUN).write_text(json.dumps({"keys": keys, "settings": settings, "cell": cell}))
+    (folder / Records.RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics, "cell": cell}))
+    return folder
 
 
 #: test mIoU (fractions) of 5 paired runs (fold f, seed 0); CAML - CE differences: +1, -2, +3, +4, +5 (in %)
@@ -119,7 +125,20 @@ def test_files_in_the_papers_layout_beside_the_papers_numbers(grid_root, tmp_pat
 def test_paper_tables_load_keyed_like_the_grid():
     paper = load_paper_tables()
     assert paper["covid19", "unet", 0.125, "caml", "miou"] == (38.06, 0.41)
-    assert paper["drosophila", "unet", 1.0, "additive_0.7", "iou_synapse"] == (39.60, 1.00)
+    assert paper["drosophila", "unet", 1.0, "additive_lam=0.7", "iou_synapse"] == (39.60, 1.00)
+
+
+def test_runs_of_other_settings_are_never_averaged_together(tmp_path, capsys):
+    kept = [write_result(tmp_path, "ce", fold, 0, 0.5, {}) for fold in range(2)]
+    write_result(tmp_path, "ce", 0, 0, 0.9, {}, cell="c50")  # the same keys, trained for 50 epochs
+    with pytest.raises(
+        ValueError, match=r"chase/unet/frac1/ce holds runs of 2 different settings \(trainer.max_epochs 200 → 50; e.g. "
+    ):
+        aggregate(tmp_path)
+    assert grid_main(["aggregate", str(tmp_path)]) == 2
+    assert "aggregate one setting at a time" in capsys.readouterr().err
+    files = aggregate(tmp_path, folders=kept)  # the runs of one grid invocation
+    assert "| unet | 1 | ce | 2 | 50.00 ± 0.00 |" in files["markdown"].read_text()
 
 
 def test_nothing_to_aggregate_is_an_error(tmp_path, capsys):
@@ -141,7 +160,8 @@ def write_images(root: Path, loss: str, seed: int, vessel_dice: list[float], tol
         "test/ece_retinal vessel": 0.2,
     }
     folder.mkdir(parents=True)
-    (folder / RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics}))
+    (folder / Records.RUN).write_text(json.dumps({"keys": keys, "settings": {}, "cell": "c0"}))
+    (folder / Records.RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics, "cell": "c0"}))
     rows = []
     for index, vessel in enumerate(vessel_dice):
         for name, dice in (("background", 0.9), ("retinal vessel", vessel)):
@@ -152,9 +172,9 @@ def write_images(root: Path, loss: str, seed: int, vessel_dice: list[float], tol
                  "pred_pixels": 0 if empty else 10, "dice": dice, "iou": dice / (2 - dice), "hd95": 10 * (1 - dice),
                  "nsd": dice, "cldice": dice if name == "retinal vessel" else math.nan}
             )  # fmt: skip
-    write_per_image(folder / PER_IMAGE, rows)
+    write_per_image(folder / Records.PER_IMAGE, rows)
     settings = {"nsd_tolerance": tolerance, "both_empty": "exclude", "calibration_bins": 15, "hd_percentile": 95.0}
-    (folder / EVALUATION).write_text(json.dumps({"settings": settings}))
+    (folder / Records.EVALUATION).write_text(json.dumps({"settings": settings}))
 
 
 @pytest.fixture

@@ -16,17 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_seg.cli import TEST_METRICS
-from lightning_seg.evaluation import PER_IMAGE, read_per_image
+from lightning_seg.evaluation import read_per_image
 from lightning_seg.grid import Grid, RunFailed, execute_run, run_local, run_status
 from lightning_seg.grid.cli import main as grid_main
-from lightning_seg.grid.execute import LOG, RESULT, GridReport, RunLocked, local_slots, run_lock
+from lightning_seg.grid.execute import LOG, GridReport, RunLocked, local_slots, run_lock
+from lightning_seg.run import Records, RunFolder
 from tests.conftest import CONFIGS, REPO
 
+RESULT, TEST_METRICS = Records.RESULT, Records.TEST_METRICS
+
 GRID = CONFIGS / "grids" / "synthetic.yaml"
-#: a run of a few seconds: 32 px, 2 training batches per epoch
+#: a run of a few seconds: 32 px, 2 training batches per epoch, a validation after each
 TINY = [
     "trainer.max_epochs=1",
+    "trainer.val_check_interval=2",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
     "trainer.enable_model_summary=false",
@@ -35,6 +38,8 @@ TINY = [
     "model.init_args.model_kwargs={base_channels: 4, depth: 2}",
 ]
 CPU = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+TINY_MODEL = "unet_base_channels=4_depth=2"
+DIVERGING = ["model.init_args.optimizer=torch.optim.SGD", "model.init_args.optimizer.init_args.lr=1e30"]
 
 
 def tiny_runs(*overrides: str) -> list:
@@ -50,7 +55,7 @@ def small_grid(tmp_path: Path, seeds: str = "[0, 1, 2]") -> Path:
     )
     path = tmp_path / "small.yaml"
     path.write_text(
-        text.replace("fraction: [1.0, 0.25], loss: [ce, dice, additive_0.5, ml, caml]", "fraction: [1.0], loss: [ce]")
+        text.replace("fraction: [1.0, 0.25], loss: [ce, dice, additive, ml, caml]", "fraction: [1.0], loss: [ce]")
     )
     assert len(Grid.load(path).runs()) == len(yaml.safe_load(seeds))
     return path
@@ -72,7 +77,7 @@ def test_a_run_writes_its_result_and_is_never_started_again(tmp_path, monkeypatc
     run = tiny_runs()[0]
     result = execute_run(run, tmp_path, CPU)
     run_dir = tmp_path / run.relpath
-    assert run_status(run_dir) == "done"
+    assert run_status(run_dir) == run_status(run_dir, run.identity.fingerprint) == "done"
     stored = json.loads((run_dir / RESULT).read_text())
     assert stored == result
     assert (
@@ -80,19 +85,22 @@ def test_a_run_writes_its_result_and_is_never_started_again(tmp_path, monkeypatc
         == run.keys
         == {
             "dataset": "synthetic",
-            "model": "unet",
+            "model": TINY_MODEL,
             "loss": "ce",
             "fraction": 1.0,
             "fold": 0,
             "seed": 0,
         }
     )
+    assert result["fingerprint"] == run.identity.fingerprint and result["cell"] == run.identity.cell
     tested = json.loads((run_dir / TEST_METRICS).read_text())
     assert result["metrics"] == tested["metrics"]
     assert set(result["metrics"]) >= {"test/miou", "test/iou_background", "test/iou_curve", "test/dice"}
     assert result["command"][-1] == "--test_after_fit=true" and result["cuda_visible_devices"] == ""
-    assert Path(result["ckpt_path"]).is_file() and result["epochs"] == 1
+    assert (run_dir / result["ckpt_path"]).is_file() and result["epochs"] == 1 and result["steps"] == 2
     assert not list(run_dir.glob(".*.tmp"))
+    # a finished run keeps its best weights only
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [Path(result["ckpt_path"]).name]
 
     forbid_subprocesses(monkeypatch)
     assert execute_run(run, tmp_path, CPU) == stored
@@ -100,28 +108,57 @@ def test_a_run_writes_its_result_and_is_never_started_again(tmp_path, monkeypatc
     assert report.done_before == [run] and not report.completed and report.ok
 
 
+def test_a_changed_setting_is_a_new_run_not_a_done_one(tmp_path, capsys):
+    grid = small_grid(tmp_path, seeds="[0]")
+    out = tmp_path / "grid"
+    tiny = [f"--set={o}" for o in TINY]
+    assert grid_main(["run", str(grid), "--out", str(out), "--gpus", "none", *tiny]) == 0
+    capsys.readouterr()
+    assert grid_main(["list", str(grid), "--out", str(out), *tiny]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"1 runs in {out.resolve()}: 1 done"
+    assert grid_main(["list", str(grid), "--out", str(out), *tiny, "--set=trainer.max_epochs=2"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[-1] == f"1 runs in {out.resolve()}: 1 new"
+    (done,) = Grid.load(grid).runs(TINY)
+    (longer,) = Grid.load(grid).runs([*TINY, "trainer.max_epochs=2"])
+    assert listing[0] == f"new      {longer.relpath}" and longer.relpath != done.relpath
+    assert longer.relpath.parent == done.relpath.parent  # the same keys, another fingerprint
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-    (run,) = [r for r in tiny_runs() if r.seed == 1 and r.loss == "ml" and r.fraction == 1.0]
-    execute_run(run, tmp_path, CPU)
+    (run,) = [
+        r
+        for r in tiny_runs("trainer.max_epochs=3", "checkpoint.every_minutes=0")
+        if r.seed == 1 and r.loss == "ml" and r.fraction == 1.0
+    ]
     run_dir = tmp_path / run.relpath
-    # as if killed after the first epoch's checkpoint: no test yet, and the grid asks for two epochs
-    (run_dir / RESULT).unlink()
-    (run_dir / TEST_METRICS).unlink()
-    assert run_status(run_dir) == "partial"
-    (longer,) = [r for r in tiny_runs("trainer.max_epochs=2") if r.relpath == run.relpath]
-    result = execute_run(longer, tmp_path, CPU)
-    first, second = attempts(run_dir)
-    assert "--ckpt_path" not in first
-    assert second.endswith(f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
-    assert "Restoring states from the checkpoint path" in (run_dir / LOG).read_text()
-    assert result["epochs"] == 2
+    folder = RunFolder(run_dir)
+    # the run's own command, killed once it has a resumable checkpoint after its first epoch
+    process = subprocess.Popen(
+        run.command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **CPU}
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while not folder.last_checkpoint.is_file():
+            assert process.poll() is None and time.monotonic() < deadline, "no resumable checkpoint"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert run_status(run_dir, run.identity.fingerprint) == "partial"
+    result = execute_run(run, tmp_path, CPU)
+    (attempt,) = attempts(run_dir)  # the same command again: the run resumes by itself
+    assert "--ckpt_path" not in attempt
+    assert f"lightning-seg: resuming {run_dir} from checkpoints/last.ckpt (step " in (run_dir / LOG).read_text()
+    assert result["steps"] == 6 and result["epochs"] == 3
     # with the run's own loss, not the module's default (the checkpoint's hyperparameters do not override it)
     resumed_config = yaml.safe_load((run_dir / "logs" / "version_1" / "config.yaml").read_text())
     assert resumed_config["model"]["init_args"]["loss"] == "ml"
-    # the resumed attempt trained epoch 1 only
+    # the resumed attempt did not start again from the first epoch
     with open(run_dir / "logs" / "version_1" / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {row["epoch"] for row in rows if row["val/miou"]} == {"1"}
+    assert "0" not in {row["epoch"] for row in rows if row["val/miou"]}
 
 
 def test_a_run_that_finished_testing_is_only_finalised(tmp_path, monkeypatch):
@@ -129,23 +166,42 @@ def test_a_run_that_finished_testing_is_only_finalised(tmp_path, monkeypatch):
     run_dir = tmp_path / run.relpath
     run_dir.mkdir(parents=True)
     metrics = {"test/miou": 0.5, "test/iou_blob": None}
-    (run_dir / TEST_METRICS).write_text(json.dumps({"keys": {}, "metrics": metrics, "ckpt_path": "x", "epochs": 3}))
+    record = {"keys": run.keys, "fingerprint": run.identity.fingerprint, "metrics": metrics, "ckpt_path": "x"}
+    (run_dir / TEST_METRICS).write_text(json.dumps(record))
     forbid_subprocesses(monkeypatch)
     result = execute_run(run, tmp_path)
-    assert result["metrics"] == metrics and result["command"] is None and result["epochs"] == 3
+    assert result["metrics"] == metrics and result["command"] is None and result["ckpt_path"] == "x"
 
 
-def test_a_failing_run_is_reported_with_its_log_and_the_others_go_on(tmp_path):
-    good, bad = tiny_runs()[:1] + tiny_runs("trainer.max_epochs=not-a-number")[1:2]
+def test_a_failing_run_is_reported_with_its_cause_and_log_and_the_others_go_on(tmp_path):
+    good, bad = tiny_runs()[:1] + tiny_runs(*DIVERGING)[1:2]
     report = run_local([good, bad], tmp_path, [CPU, CPU])
     assert report.completed == [good] and list(report.failed) == [bad] and not report.ok
-    message = report.failed[bad]
-    assert "exit code" in message and str(tmp_path / bad.relpath / LOG) in message
-    assert "not-a-number" in message  # the log's tail: jsonargparse's complaint
-    assert run_status(tmp_path / bad.relpath) == "new"
-    assert "FAILED synthetic/unet/ce/fold0_frac1_seed1" in report.summary()
-    with pytest.raises(RunFailed, match="exit code 2"):
+    failure = report.failed[bad]
+    assert isinstance(failure, RunFailed) and failure.log == tmp_path / bad.relpath / LOG
+    assert failure.cause.startswith("non-finite loss at step 1 (epoch 0, batch 1): L_CE=nan")
+    assert "likely cause: the weights grew" in failure.cause and "SGD lr=1e+30" in failure.cause
+    assert "likely cause" in failure.tail  # the log's last lines: the run's own error message
+    assert run_status(tmp_path / bad.relpath) == "partial"
+    assert json.loads((tmp_path / bad.relpath / Records.RUN).read_text())["status"] == "failed"
+    summary = report.summary().splitlines()
+    assert summary[0] == "0 already done, 1 completed, 1 failed, 0 busy in another process"
+    assert summary[1] == f"FAILED {bad.relpath}: {failure.cause}"
+    assert summary[2] == f"  log {failure.log}, last lines:" and summary[3].startswith("  | ")
+    with pytest.raises(RunFailed, match="non-finite loss at step 1"):
         execute_run(bad, tmp_path, CPU)
+
+
+def test_no_run_starts_when_a_fold_does_not_exist(tmp_path, monkeypatch, capsys):
+    forbid_subprocesses(monkeypatch)
+    grid = small_grid(tmp_path, seeds="[0]")
+    grid.write_text(grid.read_text().replace("fold: [0]", "fold: [0, 5]"))
+    assert grid_main(["run", str(grid), "--out", str(tmp_path / "out")]) == 2
+    assert "SyntheticDataModule: fold must lie in [0, 4], got 5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # not even fold 0 started
+    # the grid's axes are set in the grid file, not with --set (which would be overridden by the axis)
+    assert grid_main(["list", str(grid), "--set=data.init_args.fold=3"]) == 2
+    assert "--set data.init_args.fold: fold, fraction and seed are the grid's axes" in capsys.readouterr().err
 
 
 def test_a_run_locked_by_another_process_is_left_alone(tmp_path, monkeypatch):
@@ -200,7 +256,7 @@ def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while not (first / RESULT).is_file():
             assert grid_process.poll() is None, "the grid ended before it was killed"
             assert time.monotonic() < deadline, "the first run did not finish"
@@ -220,7 +276,7 @@ def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
 
     assert grid_main(["run", str(grid), *args, "--aggregate"]) == 0
     assert (first / RESULT).read_text() == finished  # not redone
-    assert "| unet | 1 | ce | 3 |" in (out / "results.md").read_text()  # aggregated once all were done
+    assert f"| {TINY_MODEL} | 1 | ce | 3 |" in (out / "results.md").read_text()  # aggregated once all were done
     assert len(attempts(first)) == 1
     assert all(run_status(out / r.relpath) == "done" for r in runs)
     capsys.readouterr()
@@ -254,7 +310,7 @@ def test_the_reduced_preset_runs_on_the_real_data(dataset, require_data, tmp_pat
     assert len([k for k in result["metrics"] if k.startswith("test/iou_")]) == classes
     assert result["keys"]["fraction"] == run.fraction and 0 <= result["metrics"]["test/miou"] <= 1
     # every test scores each test image and class (one batch of 4 here), clDice only for the curvilinear class
-    rows = read_per_image(tmp_path / run.relpath / PER_IMAGE)
+    rows = read_per_image(tmp_path / run.relpath / Records.PER_IMAGE)
     assert len(rows) == 4 * classes and len({r["id"] for r in rows}) == 4
     curvilinear = {"covid19": set(), "chase": {"retinal vessel"}, "drosophila": {"membrane"}}[dataset]
     for row in rows:

@@ -10,9 +10,11 @@ import ray
 from lightning_seg.grid import Grid, run_status
 from lightning_seg.grid.aggregate import collect, summarize
 from lightning_seg.grid.cli import main as grid_main
-from lightning_seg.grid.execute import RESULT
 from lightning_seg.grid.ray_backend import run_ray
-from tests.grid.test_execute import TINY, small_grid, tiny_runs
+from lightning_seg.run import Records
+from tests.grid.test_execute import DIVERGING, TINY, small_grid, tiny_runs
+
+RESULT = Records.RESULT
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +47,13 @@ def test_the_grid_cli_runs_on_ray_and_reports_failures(local_ray, tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     grid, out = small_grid(tmp_path, seeds="[0, 1]"), tmp_path / "grid"
     args = ["run", str(grid), "--backend", "ray", "--out", str(out), "--cpus-per-run", "1"]
-    assert grid_main([*args, *(f"--set={o}" for o in TINY), "--set=trainer.max_epochs=oops"]) == 1
+    overrides = [*TINY, *DIVERGING]
+    assert grid_main([*args, *(f"--set={o}" for o in overrides)]) == 1
     summary = capsys.readouterr().out
-    assert "0 completed, 2 failed" in summary and "FAILED synthetic/unet/ce/fold0_frac1_seed1" in summary
-    assert all(run_status(out / r.relpath) == "new" for r in Grid.load(grid).runs())
+    assert "0 completed, 2 failed" in summary
+    for run in Grid.load(grid).runs(overrides):
+        assert f"FAILED {run.relpath}: non-finite loss at step 1" in summary  # the cause, not Ray's traceback
+        assert run_status(out / run.relpath) == "partial"
 
 
 def test_bad_resources_are_rejected(tmp_path):

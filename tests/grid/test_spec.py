@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_seg.cli import build_cli, run_dir
-from lightning_seg.grid import Grid, GridError
+from lightning_seg.cli import build_cli
+from lightning_seg.grid import Grid, GridError, check_runs
 from lightning_seg.grid.aggregate import PAPER_TABLES
 from tests.conftest import CONFIGS
 
@@ -39,7 +39,7 @@ def test_reduced_preset():
     assert fractions == {"covid19": [0.125, 1.0], "chase": [0.25, 1.0], "drosophila": [0.125, 1.0]}
     # the paper's best λ per dataset (Tables 1-3)
     additive = {(r.data, r.loss) for r in runs if r.loss.startswith("additive")}
-    assert additive == {("covid19", "additive_0.5"), ("chase", "additive_0.7"), ("drosophila", "additive_0.7")}
+    assert additive == {("covid19", "additive"), ("chase", "additive_lam=0.7"), ("drosophila", "additive_lam=0.7")}
     assert {(r.data, r.model, r.fraction, r.loss) for r in runs} <= paper_cells()
 
 
@@ -50,28 +50,58 @@ def test_every_run_has_its_own_folder_and_existing_configs(name):
     assert all(Path(c).is_file() for r in runs for c in r.configs)
 
 
-def test_a_run_command_parses_with_the_cli_into_the_runs_keys(tmp_path):
+def test_a_run_command_parses_with_the_cli_into_the_runs_identity(tmp_path):
     grid = Grid.load(GRIDS / "synthetic.yaml")
-    run = next(r for r in grid.runs() if r.loss == "additive_0.5" and r.fraction == 0.25 and r.seed == 2)
+    run = next(r for r in grid.runs() if r.loss == "additive" and r.fraction == 0.25 and r.seed == 2)
     command = run.command(tmp_path / run.relpath)
     assert command[1:4] == ["-m", "lightning_seg.cli", "fit"]
-    config = build_cli(command[4:], run=False).config  # run=False: no subcommand
+    cli = build_cli(command[4:], run=False)  # run=False: no subcommand
+    config = cli.config
     assert config.model.init_args.loss.init_args.lam == 0.5
     assert config.data.init_args.fold == run.fold and config.data.init_args.train_fraction == run.fraction
-    assert config.seed_everything == run.seed and config.trainer.max_epochs == 10
+    assert config.seed_everything == run.seed and config.trainer.max_steps == 60
     assert config.trainer.default_root_dir == str(tmp_path / run.relpath) and config.test_after_fit is True
-    # the same folder name as a hand-started run with this config
-    assert run_dir(config).name == run.relpath.name
+    # the grid's identity of the run is the one the run computes for itself: same keys, fingerprint, folder
+    assert cli.identity.fingerprint == run.identity.fingerprint and cli.identity.relpath == run.relpath
+    assert run.keys == cli.identity.keys.as_dict()
 
 
-def test_resume_adds_the_checkpoint_and_overrides_come_after_the_grids_args(tmp_path):
+def test_overrides_come_after_the_grids_args_and_make_other_runs(tmp_path):
     grid = Grid.load(GRIDS / "synthetic.yaml")
-    run = grid.runs(["trainer.max_epochs=3", "data.init_args.augment=false", "trainer.limit_val_batches=[1]"])[0]
-    command = run.command(tmp_path, resume_from=tmp_path / "last.ckpt")
-    assert command[-1] == f"--ckpt_path={tmp_path / 'last.ckpt'}"
-    epochs = [a for a in command if a.startswith("--trainer.max_epochs=")]
-    assert epochs == ["--trainer.max_epochs=10", "--trainer.max_epochs=3"]  # the later one wins in jsonargparse
-    assert "--data.init_args.augment=false" in command and "--trainer.limit_val_batches=[1]" in command
+    plain = grid.runs()[0]
+    run = grid.runs(
+        ["trainer.max_steps=30", "data.init_args.augment=false", "model.init_args.model_kwargs={depth: 2}"]
+    )[0]
+    command = run.command(tmp_path)
+    steps = [a for a in command if a.startswith("--trainer.max_steps=")]
+    assert steps == ["--trainer.max_steps=60", "--trainer.max_steps=30"]  # the later one wins in jsonargparse
+    assert "--data.init_args.augment=false" in command and '--model.init_args.model_kwargs={"depth": 2}' in command
+    assert run.model == "unet_depth=2" and run.loss == plain.loss and run.relpath != plain.relpath
+    assert run.identity.settings["trainer"]["max_steps"] == 30
+    # the same keys, other settings: another run in another folder
+    longer = grid.runs(["trainer.max_steps=500"])[0]
+    assert longer.keys == plain.keys and longer.relpath != plain.relpath
+
+
+def test_shipped_loss_variants_are_named_by_the_label_their_config_gets():
+    """Grid names are handles, labels come from the config; the shipped grids use the labels, so they read alike."""
+    for name in ("paper", "reduced", "synthetic"):
+        grid = Grid.load(GRIDS / f"{name}.yaml")
+        named = {variant for variant in grid.variants.get("loss", {})}
+        labels = {run.loss for run in grid.runs()}
+        assert named <= labels, f"{name}.yaml: variants {sorted(named - labels)} are not labels"
+
+
+def test_folds_and_fractions_are_checked_against_the_splits_before_anything_runs(tmp_path):
+    check_runs(Grid.load(GRIDS / "synthetic.yaml").runs())  # every fold and fraction exists
+    bad = Grid.load(
+        write_grid(tmp_path, {**VALID, "fold": [0, 7], "blocks": [{"data": ["synthetic"], "loss": ["ce"]}]})
+    )
+    with pytest.raises(GridError) as error:
+        check_runs(bad.runs())
+    message = str(error.value)
+    assert "nothing was started" in message and "SyntheticDataModule: fold must lie in [0, 4], got 7" in message
+    assert "fold7_frac1_seed0" in message and "fold0_" not in message
 
 
 def write_grid(tmp_path: Path, spec: dict) -> Path:
@@ -97,7 +127,7 @@ def test_variants_and_block_args(tmp_path):
         "blocks": [{"data": ["synthetic"], "loss": ["ml"], "model": ["small"], "args": {"trainer.max_epochs": 7}}],
     }
     (run,) = Grid.load(write_grid(tmp_path, spec)).runs()
-    assert run.relpath == Path("synthetic/small/ml/fold0_frac1_seed0")
+    assert run.relpath == Path(f"synthetic/unet_base_channels=8/ml/fold0_frac1_seed0-{run.identity.fingerprint[:8]}")
     assert run.configs == tuple(str(CONFIGS / c) for c in ("base.yaml", "data/synthetic.yaml", "losses/ml.yaml"))
     assert run.args == (
         "--trainer.max_epochs=7",
@@ -139,7 +169,7 @@ def test_the_same_run_in_two_blocks_is_kept_once(tmp_path):
                     {"data": ["synthetic"], "loss": ["ce"], "args": {"trainer.max_epochs": 1}},
                 ],
             },
-            "is defined twice with different settings",
+            r"is also defined by an earlier block with other settings \(trainer.max_epochs 30 → 1\)",
         ),
     ],
 )

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from lightning_seg.grid import statistics as st
+from lightning_seg.run import Records
 
 HOLM_CASES = [
     # (p-values, Holm-adjusted): sorted p(1) ≤ … ≤ p(m), adjusted max_{j≤i} (m − j + 1)·p(j), capped at 1
@@ -133,14 +134,14 @@ def test_run_images_reads_a_per_image_file(tmp_path):
         {"id": "01/t1", "sample_group": "01", "class": "vessel", "case": "missed", "target_pixels": 3,
          "pred_pixels": 0, "dice": 0.0, "iou": 0.0, "hd95": 5.0, "nsd": 0.0, "cldice": 0.0},
     ]  # fmt: skip
-    write_per_image(tmp_path / "per_image_metrics.csv", rows)
-    got = st.run_images({"keys": {"dataset": "d"}, "run_dir": str(tmp_path)})
+    write_per_image(tmp_path / Records.PER_IMAGE, rows)
+    got = st.run_images({"keys": {"dataset": "d"}, "folder": str(tmp_path)})
     assert got.units == {"01/t0": "01", "01/t1": "01"} and got.classes == ["bg", "vessel"]
     assert got.values["image_dice_bg"] == {"01/t0": 50.0}  # percent
     assert got.values["image_hd95_vessel"] == {"01/t1": 5.0}  # pixels; the both-empty row has no value
     assert got.values["image_dice"] == {"01/t0": 50.0, "01/t1": 0.0}  # mean over the classes with a value
     assert "image_cldice_bg" not in got.values
-    assert st.run_images({"keys": {}, "run_dir": str(tmp_path / "nothing")}) is None
+    assert st.run_images({"keys": {}, "folder": str(tmp_path / "nothing")}) is None
 
 
 def test_docstring_examples():

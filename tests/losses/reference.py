@@ -14,6 +14,7 @@ Conventions (the documented choices of the library's contract, restated here fro
 * additive ``λ L_Dice + (1-λ) L_CE``; ML ``L_Dice · L_CE``.
 * CAML ``L_Dice · L_CE^α``, ``α = (1 - p̄)^D`` with ``p̄``:
   ``true_class`` the mean of ``p[i, y_i]``; ``all_classes`` the mean of ``p`` over pixels and classes;
+  ``max_class`` the mean of ``max_c p[i, c]`` (label-free);
   ``per_pixel``: ``L_Dice · (1/M) Σ_i (-log p[i, y_i])^{α_i}``, ``α_i = (1 - p[i, y_i])^D``.
 * fixed r: as CAML with ``D`` replaced by ``r`` in the exponent.
 * ``alpha`` reported for losses without an exponent is CAML's ``(1 - p̄_true)^D``; for ``per_pixel`` it is the
@@ -30,7 +31,7 @@ import math
 
 import numpy as np
 
-PBARS = ("true_class", "all_classes", "per_pixel")
+PBARS = ("true_class", "all_classes", "per_pixel", "max_class")
 
 
 def log_softmax_pixel(z: list[float]) -> list[float]:
@@ -117,6 +118,13 @@ def all_classes_pbar(probs) -> float:
     return float(sum(probs[i, c] for i in range(probs.shape[0]) for c in range(probs.shape[1])) / probs.size)
 
 
+def max_class_pbar(probs) -> float:
+    m = probs.shape[0]
+    if m == 0:
+        return 0.0
+    return sum(max(probs[i, c] for c in range(probs.shape[1])) for i in range(m)) / m
+
+
 def evaluate(
     name: str,
     logits,
@@ -178,6 +186,8 @@ def evaluate(
                 p_bar = p_true
             elif pbar == "all_classes":
                 p_bar = all_classes_pbar(probs)
+            elif pbar == "max_class":
+                p_bar = max_class_pbar(probs)
             else:
                 raise ValueError(pbar)
             a = (1.0 - p_bar) ** power if alpha is None else float(alpha)

@@ -156,7 +156,8 @@ def test_valid_lam(lam):
 @pytest.mark.parametrize("pbar", ["mean", "True_Class", "", "perpixel"])
 def test_invalid_pbar(name, pbar):
     with pytest.raises(
-        ValueError, match=re.escape(f"pbar must be 'true_class', 'all_classes' or 'per_pixel', got {pbar!r}")
+        ValueError,
+        match=re.escape(f"pbar must be 'true_class', 'all_classes', 'per_pixel' or 'max_class', got {pbar!r}"),
     ):
         make(name, pbar=pbar)
 

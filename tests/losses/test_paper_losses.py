@@ -17,7 +17,7 @@ from lightning_seg.losses import LOSSES, build_loss
 from tests.losses import reference as ref
 
 IGNORE = 255
-PBARS = ("true_class", "all_classes", "per_pixel")
+PBARS = ("true_class", "all_classes", "per_pixel", "max_class")
 ALPHA_GRADS = ("pbar", "none", "full")
 #: Losses the NumPy reference knows.
 REFERENCE_LOSSES = {"ce", "dice", "additive", "ml", "caml", "caml_fixed_r"}
@@ -264,6 +264,67 @@ def test_hand_computed_absent_class_and_ignored_pixel(name, kw, expected, dtype)
     assert_close(fn.parts.ce, B_CE, dtype, "ce")
     assert_close(fn.parts.p_bar, B_PBAR, dtype, "p_bar")
     assert_close(ref_eval((name, kw), logits, target)["loss"], expected, dtype, "reference")
+
+
+# Case C: 1×2×1×2 where the label is not the most probable class, so the readings of p̄ differ.
+# Pixel 0: logits (log 3, 0) -> p = (3/4, 1/4), label 1 (wrong). Pixel 1: logits (0, log 4) -> p = (1/5, 4/5), label 1.
+C_CE = (math.log(4) + math.log(5 / 4)) / 2  # = log(5) / 2
+C_DICE = ((0 + 1) / (0 + (3 / 4 + 1 / 5) + 1), (2 * (1 / 4 + 4 / 5) + 1) / (2 + (1 / 4 + 4 / 5) + 1))  # 20/39, 62/81
+C_LD = 1 - (C_DICE[0] + C_DICE[1]) / 2
+C_D = 1 - C_LD
+C_PBARS = {"true_class": (1 / 4 + 4 / 5) / 2, "max_class": (3 / 4 + 4 / 5) / 2, "all_classes": 1 / 2}  # 21/40, 31/40
+HAND_C = [
+    *[("caml", {"pbar": p}, C_LD * C_CE ** ((1 - v) ** C_D), (1 - v) ** C_D) for p, v in C_PBARS.items()],
+    (
+        "caml",
+        {"pbar": "per_pixel"},
+        C_LD * (math.log(4) ** ((3 / 4) ** C_D) + math.log(5 / 4) ** ((1 / 5) ** C_D)) / 2,
+        ((3 / 4) ** C_D + (1 / 5) ** C_D) / 2,
+    ),
+    ("caml_fixed_r", {"r": 2.0, "pbar": "max_class"}, C_LD * C_CE ** ((9 / 40) ** 2), (9 / 40) ** 2),
+    ("caml_fixed_r", {"r": 0.0, "pbar": "max_class"}, C_LD * C_CE, 1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("name", "kw", "expected", "alpha"), HAND_C, ids=[cfg_id(c[:2]) for c in HAND_C])
+def test_hand_computed_readings_of_pbar(name, kw, expected, alpha, dtype):
+    logits64 = torch.tensor([[[[math.log(3), 0.0]], [[0.0, math.log(4)]]]], dtype=torch.float64)
+    logits = logits64.to(dtype)
+    target = torch.tensor([[[1, 1]]])
+    fn = build_loss(name, **kw)
+    assert_close(fn(logits, target), expected, dtype, "loss")
+    assert_close(fn.parts.alpha, alpha, dtype, "alpha")
+    assert_close(fn.parts.p_bar, C_PBARS["true_class"], dtype, "logged p_bar (always the true-class mean)")
+    assert_close(fn.parts.dice_loss, C_LD, dtype, "dice_loss")
+    reference = ref_eval((name, kw), logits64, target)
+    assert reference["loss"] == pytest.approx(expected, rel=1e-12)
+    assert reference["alpha"] == pytest.approx(alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize("confident", [True, False], ids=["ce_below_1", "ce_above_1"])
+def test_max_class_alpha_path_is_label_free(confident):
+    """With ``pbar="max_class"`` the gradient that α adds (``alpha_grad="pbar"`` minus ``"none"``) is
+    ``∂L/∂p̄ · ∂p̄/∂x`` with ``∂p̄/∂x_ic = p_ik (δ(c = k) - p_ic) / N`` (``k`` the pixel's arg-max, whatever its
+    label) and ``∂L/∂p̄ = L_Dice · L_CE^α · log L_CE · (-D (1 - p̄)^(D-1))``: positive while ``L_CE < 1``, so descent
+    lowers the confidence of the predicted class; negative while ``L_CE > 1``, so descent raises it."""
+    logits, target = make_inputs(3, (2, 3, 4), 3, ignore_frac=0.2, scale=1.0)
+    if confident:
+        logits = logits + 6.0 * F.one_hot(target.clamp_max(2), 3).permute(0, 3, 1, 2)
+    fn, _, g_pbar = loss_and_grad(("caml", {"pbar": "max_class", "alpha_grad": "pbar"}), logits, target)
+    _, _, g_none = loss_and_grad(("caml", {"pbar": "max_class", "alpha_grad": "none"}), logits, target)
+    parts = fn.parts
+    valid = (target != IGNORE).unsqueeze(1)
+    p = F.softmax(logits, dim=1)
+    top = p.argmax(1, keepdim=True)
+    p_top = p.gather(1, top)
+    p_bar = p_top[valid].mean()
+    d_pbar = p_top * (F.one_hot(top.squeeze(1), 3).permute(0, 3, 1, 2) - p) * valid / valid.sum()
+    d = float(parts.dice_coef)
+    dl_dpbar = parts.dice_loss * parts.ce**parts.alpha * torch.log(parts.ce) * (-d * (1 - p_bar) ** (d - 1))
+    assert (float(parts.ce) < 1) == confident
+    assert (float(dl_dpbar) > 0) == confident
+    torch.testing.assert_close(g_pbar - g_none, dl_dpbar * d_pbar, rtol=1e-8, atol=1e-12)
 
 
 def test_dice_is_batch_dice_not_mean_of_per_image_dice():
@@ -525,7 +586,12 @@ def torch_manual_caml(x, target, pbar, alpha_grad, parts_alpha=None):
     if alpha_grad == "none" and parts_alpha is not None:
         alpha = parts_alpha  # the α the library logged, used as a constant
     else:
-        p_bar = p_i.mean() if pbar == "true_class" else pv.sum() / (valid.sum() * x.shape[1])
+        if pbar == "true_class":
+            p_bar = p_i.mean()
+        elif pbar == "max_class":
+            p_bar = p.amax(1)[valid].mean()
+        else:
+            p_bar = pv.sum() / (valid.sum() * x.shape[1])
         if alpha_grad == "none":
             p_bar = p_bar.detach()
         alpha = (1 - p_bar) ** d

@@ -1,4 +1,4 @@
-"""The three file-backed DataModules on the real data, and their error paths on tiny fixtures.
+"""The three file-backed DataModules on the real data: contents, splits, fractions; error paths on tiny fixtures.
 
 The data come from ``$LIGHTNING_SEG_DATA``, default ``../shared/data`` next to the repository (where CI has
 them); tests that need them are skipped, saying so, when the folder is absent. Decoded images are cached per
@@ -11,27 +11,19 @@ import importlib.util
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from lightning_seg.data import (
-    ChaseDataModule,
-    Covid19DataModule,
-    DrosophilaDataModule,
-    SegmentationDataset,
-    check_folds,
-)
-from lightning_seg.data.datasets import SPLIT_DIR, child_of
-from lightning_seg.data.download import read_manifest
+from lightning_seg.data import ChaseDataModule, Covid19DataModule, DrosophilaDataModule, check_folds
+from lightning_seg.data.datasets import DATASETS, child_of
+from lightning_seg.data.splits import SPLIT_DIR
 from tests.conftest import DATA_DIR, REPO
 
 needs_data = pytest.mark.usefixtures("require_data")
 
-MODULES = {"drosophila": DrosophilaDataModule, "covid19": Covid19DataModule, "chase": ChaseDataModule}
+MODULES = DATASETS
 
 #: fold-0 sample counts: Drosophila 12 images × 4 crops, 4 × 16 tiles, 4 × 16 tiles
 COUNTS = {"drosophila": (48, 64, 64), "covid19": (70, 10, 20), "chase": (16, 6, 6)}
@@ -81,9 +73,10 @@ def test_counts_shapes_dtypes_and_classes(modules, name):
     assert dm.in_channels == (3 if name == "chase" else 1)
     for split in ("train", "val", "test"):
         item = dm.datasets[split][0]
+        side = 224 if split == "train" and name != "drosophila" else 256  # random crops of the resized images
         assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.int64
-        assert item["image"].shape == (dm.in_channels, 256, 256)
-        assert item["mask"].shape == (256, 256)
+        assert item["image"].shape == (dm.in_channels, side, side)
+        assert item["mask"].shape == (side, side)
         assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     image, mask = dm.load_sample(ids["test"][0])
     assert image.dtype == np.float32 and image.ndim == 3 and mask.dtype == np.int64
@@ -91,15 +84,16 @@ def test_counts_shapes_dtypes_and_classes(modules, name):
 
 
 def test_class_names_follow_the_paper_tables():
-    assert DrosophilaDataModule.class_names == (
+    assert DrosophilaDataModule.info.class_names == (
         "membrane",
         "mitochondria",
         "synapse",
         "glia/extracellular",
         "intracellular",
     )
-    assert Covid19DataModule.class_names == ("background", "consolidation", "ground glass", "pleural effusion")
-    assert ChaseDataModule.class_names == ("background", "retinal vessel")
+    assert Covid19DataModule.info.class_names == ("background", "consolidation", "ground glass", "pleural effusion")
+    assert ChaseDataModule.info.class_names == ("background", "retinal vessel")
+    assert ChaseDataModule(data_dir="unused").class_names == ("background", "retinal vessel")
 
 
 @needs_data
@@ -158,7 +152,7 @@ def test_chase_and_covid_resize_with_area_by_default(modules):
     image, _ = dm.load_sample(key)
     assert image.shape == (256, 256, 3)
     assert abs(image.mean() - native.mean()) < 2e-3  # area resampling preserves the mean
-    bilinear = make("chase", interpolation="bilinear", image_size=(128, 192)).load_sample(key)[0]
+    bilinear = make("chase", interpolation="bilinear", image_size=(128, 192), crop_size=96).load_sample(key)[0]
     assert bilinear.shape == (128, 192, 3)
 
 
@@ -174,7 +168,7 @@ def test_committed_split_files(name):
         for part in fold.values():
             assert part == sorted(part)
     # the ids are exactly the images of the committed checksum manifest
-    assert len(keys) == len(read_manifest(name)) // 2
+    assert len(keys) == len(MODULES[name].info.manifest()) // 2
     sizes = [tuple(len(f[s]) for s in ("train", "val", "test")) for f in payload["folds"]]
     assert (
         sizes
@@ -201,10 +195,8 @@ def test_make_splits_reproduces_the_committed_files(tmp_path):
     spec.loader.exec_module(module)
     assert module.main(["--check"]) == 0
     assert module.main(["--out", str(tmp_path)]) == 0
-    for name in MODULES:
-        assert json.loads((tmp_path / f"{name}.json").read_text()) == json.loads(
-            (SPLIT_DIR / f"{name}.json").read_text()
-        )
+    for name in MODULES:  # byte for byte: the committed files are the record of every fold
+        assert (tmp_path / f"{name}.json").read_bytes() == (SPLIT_DIR / f"{name}.json").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -234,92 +226,6 @@ def test_reduced_training_sets_are_nested_and_fixed(name, fractions, sizes):
     assert other_seed["train"] != ids["train"]
 
 
-# --- real data: augmentation -----------------------------------------------------------------------
-def _train_items(dm, n=4):
-    return [dm.datasets["train"][i] for i in range(n)]
-
-
-@needs_data
-def test_drosophila_random_crops_are_reproducible_per_seed(modules):
-    dm = modules["drosophila"]
-    L.seed_everything(7, verbose=False)
-    first = _train_items(dm)
-    L.seed_everything(7, verbose=False)
-    again = _train_items(dm)
-    L.seed_everything(8, verbose=False)
-    other = _train_items(dm)
-    for a, b in zip(first, again, strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
-    assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(first, other, strict=True))
-    # the 4 crops of one image differ from each other, and each is a window of that image (maybe mirrored)
-    assert first[0]["id"].split("/")[0] == first[3]["id"].split("/")[0]
-    assert not torch.equal(first[0]["image"], first[1]["image"])
-    whole = dm.load_sample(first[0]["id"].split("/")[0])[0][..., 0]
-    crop = first[0]["image"][0].numpy()
-    assert _is_window(whole, crop) or _is_window(whole, crop[:, ::-1])
-
-
-def _is_window(whole: np.ndarray, crop: np.ndarray) -> bool:
-    """Whether ``crop`` is a sub-array of ``whole`` (candidates from its first row's first 32 pixels)."""
-    size = crop.shape[0]
-    rows = np.lib.stride_tricks.sliding_window_view(whole, 32, axis=1)[
-        : whole.shape[0] - size + 1, : whole.shape[1] - size + 1
-    ]
-    ys, xs = np.nonzero((rows == crop[0, :32]).all(-1))
-    return any(np.array_equal(whole[y : y + size, x : x + size], crop) for y, x in zip(ys, xs, strict=True))
-
-
-@needs_data
-def test_drosophila_without_augment_uses_fixed_crops(modules):
-    dm = make("drosophila", augment=False)
-    dm.setup()
-    assert dm.train_transform() is None
-    L.seed_everything(1, verbose=False)
-    a = _train_items(dm)
-    L.seed_everything(2, verbose=False)
-    b = _train_items(dm)
-    for x, y in zip(a, b, strict=True):
-        assert x["image"].shape == (1, 256, 256) and torch.equal(x["image"], y["image"])
-    assert not torch.equal(a[0]["image"], a[1]["image"])
-    moved = make("drosophila", augment=False, patch_seed=1)
-    assert not np.array_equal(moved.load_sample(a[0]["id"])[0], a[0]["image"].permute(1, 2, 0).numpy())
-
-
-@needs_data
-def test_dataloader_workers_are_seeded(modules):
-    """Two workers cropping the same image draw different crops, and the same ones again under the same seed."""
-    dm = modules["drosophila"]
-    same_image = SegmentationDataset(["05/crop0"] * 8, dm.load_sample, dm.train_transform())
-
-    def batches():
-        L.seed_everything(3, verbose=False)
-        loader = DataLoader(same_image, batch_size=4, shuffle=False, num_workers=2)
-        return [b["image"] for _, b in zip(range(2), loader, strict=True)]
-
-    first, again = batches(), batches()
-    assert all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
-    assert not torch.equal(first[0], first[1])  # batch 0 from worker 0, batch 1 from worker 1
-    assert not torch.equal(first[0][0], first[0][1])  # two random crops of the same image
-
-
-@needs_data
-@pytest.mark.parametrize("name", ["covid19", "chase"])
-def test_resized_datasets_crop_only_when_asked(modules, name):
-    dm = modules[name]  # crop_size None: flip only
-    L.seed_everything(0, verbose=False)
-    sample_id = dm.datasets["train"].ids[0]
-    image = torch.from_numpy(dm.load_sample(sample_id)[0]).permute(2, 0, 1)
-    seen = {("flipped" if torch.equal(dm.datasets["train"][0]["image"], image.flip(-1)) else "same") for _ in range(12)}
-    assert seen == {"same", "flipped"}
-    cropped = make(name, crop_size=128)
-    cropped.setup()
-    assert cropped.datasets["train"][0]["image"].shape[-2:] == (128, 128)
-    assert cropped.datasets["val"][0]["image"].shape[-2:] == (256, 256)
-    plain = make(name, augment=False)
-    plain.setup()
-    assert torch.equal(plain.datasets["train"][0]["image"], image)
-
-
 @needs_data
 def test_images_are_decoded_once_per_process(modules, monkeypatch):
     calls = []
@@ -333,6 +239,7 @@ def test_images_are_decoded_once_per_process(modules, monkeypatch):
 
 # --- error paths on tiny fixtures ------------------------------------------------------------------
 def _covid_fixture(root: Path, image: Image.Image | bytes, label: Image.Image | None = None) -> Covid19DataModule:
+    """One slice, not the 100 of the manifest: ``verify=False`` reads it without the checksum check."""
     folder = root / "covid19"
     (folder / "images").mkdir(parents=True)
     (folder / "labels_4class_derived").mkdir(parents=True)
@@ -342,7 +249,7 @@ def _covid_fixture(root: Path, image: Image.Image | bytes, label: Image.Image | 
         image.save(folder / "images" / "tr_im_0000.png")
     label = label if label is not None else Image.fromarray(np.zeros((512, 512), np.uint8))
     label.save(folder / "labels_4class_derived" / "tr_mask_0000.png")
-    return Covid19DataModule(data_dir=str(root))
+    return Covid19DataModule(data_dir=str(root), verify=False)
 
 
 def test_missing_data_dir_names_the_path_and_the_fix(tmp_path):
@@ -356,9 +263,13 @@ def test_missing_data_dir_names_the_path_and_the_fix(tmp_path):
 
 
 def test_incomplete_data_dir_names_a_missing_file(tmp_path):
-    dm = _covid_fixture(tmp_path, Image.fromarray(np.zeros((512, 512), np.uint8)))
-    with pytest.raises(FileNotFoundError, match=r"missing .*covid19/images/tr_im_0001\.png.*fetch covid19"):
-        dm.setup()
+    _covid_fixture(tmp_path, Image.fromarray(np.zeros((512, 512), np.uint8)))
+    with pytest.raises(
+        FileNotFoundError, match=r"198 of 200 files missing .*covid19/images/tr_im_0001\.png.*fetch covid19"
+    ):
+        Covid19DataModule(data_dir=str(tmp_path)).setup()
+    with pytest.raises(FileNotFoundError, match=r"tr_im_0001\.png not found.*fetch covid19"):  # unverified: when read
+        Covid19DataModule(data_dir=str(tmp_path), verify=False).setup()
 
 
 def test_default_data_dir_comes_from_the_environment(monkeypatch, tmp_path):

@@ -1,0 +1,434 @@
+"""Where a real ``lightning-seg fit`` spends its time, and what the module costs per step over a plain loop.
+
+For each dataset (``--datasets``: drosophila, covid19, chase) at its smallest training fraction (1/8, 1/8,
+1/4), the script runs the real thing, as a grid would: ``python -m lightning_seg.cli fit`` with
+``configs/base.yaml``, ``configs/data/<dataset>.yaml`` and ``configs/losses/<loss>.yaml`` (CAML), the
+configs' step budget, validation cadence, callbacks, loggers and loader settings, ``--test_after_fit=true``,
+on the real files under ``--data-dir``. Only the scale is changed so that a training step is as short as a
+GPU step (a few ms up to a few tens of ms on a CPU): the ``tiny`` model (two 3×3 convolutions) and every
+image side divided by ``--scale`` (8: COVID-19 and CHASE at 32², Drosophila's 1024² sections at 128² with
+32² crops and tiles, so each split has the same number of samples as in the paper's setting).
+
+One extra callback, :class:`StepClock` (given on the command line, ``--trainer.callbacks+=``), stamps the
+training steps (``on_train_batch_start`` to ``on_train_batch_end``, after the other callbacks' step hooks),
+the validations, the checkpoint writes (``Trainer.save_checkpoint``), the sanity check, the test and the
+epoch of every step, in wall time and in CPU time of the main thread. The parent times the process from
+start to exit. A row gives:
+
+* ``step CPU ms``: median training step in CPU time of the main thread, Lightning and the plain loop
+  (below), and ``module overhead``, their ratio minus 1: the work the module and Lightning add inside a step
+  (logging, metric updates, hooks, progress bar). CPU time, unlike wall time, does not grow when other
+  processes share the cores, so this ratio holds on a busy machine; ``step wall ms`` is the same in wall time;
+* ``outside steps``: the share of the training phase's wall time (``on_train_start`` to ``on_train_end``)
+  spent outside training steps, split into ``validation`` (without the checkpoint writes it triggers),
+  ``checkpoint``, ``epoch ends`` (gaps between the last step of an epoch and the first of the next: the
+  loader's restart and first batch, epoch-end hooks) and ``between steps`` (the other gaps: batch fetches,
+  logger writes); ``outside steps, CPU`` is the same share of the main thread's CPU time (waits for loader
+  workers, and other processes' use of the cores, left out);
+* seconds: ``training`` phase, ``startup`` (process start to ``on_fit_start``: imports, config, model and
+  data construction), ``test and exit`` (``on_train_end`` to the process's exit: the test after fit,
+  teardown), ``wall`` (the whole process).
+
+The plain loop (``--worker plain``) builds the same model, data module and loss from the same command line
+(``build_cli(run=False)``), sets the same ``deterministic`` mode, and trains with Adam 1e-3 for as many
+steps, with nothing else: no logging, metrics, callbacks or validation. Its step runs from the batch in hand
+to the end of ``optimizer.step()``, timed as the Lightning step is.
+
+Runs alternate (Lightning, plain) per dataset, ``--repeats`` times; each figure is the median over repeats.
+Results are printed as Markdown and, with ``--output FILE``, appended to a file.
+
+Examples::
+
+    python benchmarks/overhead.py                                  # all three datasets, 2 repeats
+    python benchmarks/overhead.py --datasets chase --repeats 1     # one quick look
+    python benchmarks/overhead.py --set data.init_args.num_workers=0   # any fit override
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+#: dataset -> (smallest training fraction, overrides that divide every image side by ``scale``)
+DATASETS = {
+    "drosophila": (
+        0.125,
+        lambda s: [f"--data.init_args.image_size={1024 // s}", f"--data.init_args.crop_size={256 // s}"],
+    ),
+    "covid19": (0.125, lambda s: [f"--data.init_args.image_size={256 // s}"]),
+    "chase": (0.25, lambda s: [f"--data.init_args.image_size={256 // s}"]),
+}
+#: where the child processes find :class:`StepClock` (this file, imported as ``overhead``)
+CLOCK = "overhead.StepClock"
+HEADER = (
+    "| date | dataset (fraction) | steps | validations | step CPU ms: Lightning / plain | module overhead "
+    "| step wall ms: Lightning / plain | outside steps | validation | checkpoint | epoch ends | between steps "
+    "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def now() -> float:
+    """System-wide monotonic seconds (CLOCK_MONOTONIC on Linux: the same clock in every process)."""
+    return time.monotonic()
+
+
+def cpu() -> float:
+    """CPU seconds of the calling thread: the work of a step, whatever else the machine is running (with one
+    intra-op thread, tensor operations run in the calling thread)."""
+    return time.thread_time()
+
+
+class StepClock(L.Callback):
+    """Stamps the phases of a fit into ``path`` (JSON), rewritten at every teardown.
+
+    Args:
+        path: output file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.events: dict[str, float] = {}
+        self.steps: list[tuple[float, float]] = []
+        self.validations: list[tuple[float, float]] = []
+        self.checkpoints: list[tuple[float, float]] = []
+        #: CPU seconds of the main thread in each step, and at the start and end of training
+        self.step_cpu: list[float] = []
+        self.cpu: dict[str, float] = {}
+        self._step_start = self._step_cpu = self._val_start = 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        save = trainer.save_checkpoint
+        if getattr(save, "_clocked", False):
+            return
+
+        def timed_save(*args, **kwargs):
+            start = now()
+            try:
+                return save(*args, **kwargs)
+            finally:
+                self.checkpoints.append((start, now()))
+
+        timed_save._clocked = True
+        trainer.save_checkpoint = timed_save
+
+    def _mark(self, name: str) -> None:
+        self.events[name] = now()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._mark("fit_start")
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._mark("sanity_start")
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        self._mark("sanity_end")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._mark("train_start")
+        self.cpu["train_start"] = cpu()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_start, self._step_cpu = now(), cpu()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append((self._step_start, now(), trainer.current_epoch))
+        self.step_cpu.append(cpu() - self._step_cpu)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = now()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validations.append((self._val_start, now()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._mark("train_end")
+        self.cpu["train_end"] = cpu()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._mark("fit_end")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._mark("test_start")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._mark("test_end")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        record = {
+            "events": self.events,
+            "steps": self.steps,
+            "validations": self.validations,
+            "checkpoints": self.checkpoints,
+            "step_cpu": self.step_cpu,
+            "cpu": self.cpu,
+            "global_step": trainer.global_step,
+        }
+        self.path.write_text(json.dumps(record))
+
+
+# --------------------------------------------------------------------------------------------------- arithmetic
+
+
+def _total(intervals) -> float:
+    return sum(end - start for start, end, *_ in intervals)
+
+
+def _inside(intervals, outer) -> float:
+    """Seconds of ``intervals`` that lie inside any of ``outer``."""
+    return sum(
+        max(0.0, min(end, o_end) - max(start, o_start)) for start, end, *_ in intervals for o_start, o_end in outer
+    )
+
+
+def _union(intervals) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for start, end, *_ in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def phases(clock: dict, process: tuple[float, float]) -> dict:
+    """Split a Lightning run's wall time (``process`` = start, exit) into the phases of the module docstring."""
+    events, steps = clock["events"], clock["steps"]
+    start, end = process
+    train = events["train_end"] - events["train_start"]
+    ckpt_train = [c for c in clock["checkpoints"] if events["train_start"] <= c[0] <= events["train_end"]]
+    step_seconds = _total(steps)
+    validation = _total(clock["validations"]) - _inside(ckpt_train, clock["validations"])
+    checkpoint = _total(ckpt_train)
+    durations = sorted(end - start for start, end, _ in steps)
+    # gaps between consecutive steps that cross an epoch end: loader restart, epoch-end hooks and metrics
+    busy = _union(clock["validations"] + ckpt_train)
+    turnovers = [(a[1], b[0]) for a, b in zip(steps, steps[1:], strict=False) if a[2] != b[2]]
+    turnover = _total(turnovers) - _inside(busy, turnovers)
+    return {
+        "steps": len(steps),
+        "validations": len(clock["validations"]),
+        "step_ms": 1000 * statistics.median(durations),
+        "step_mean_ms": 1000 * step_seconds / len(steps),
+        "startup": events["fit_start"] - start,
+        "setup": events["train_start"] - events["fit_start"],
+        "sanity": events.get("sanity_end", 0.0) - events.get("sanity_start", 0.0),
+        "train": train,
+        "step_seconds": step_seconds,
+        "validation": validation,
+        "checkpoint": checkpoint,
+        "epoch_ends": turnover,
+        "between": train - step_seconds - validation - checkpoint - turnover,
+        "test_and_exit": end - events["train_end"],
+        "wall": end - start,
+        "outside_train": 1 - step_seconds / train,
+        "outside_process": 1 - step_seconds / (end - start),
+        **cpu_phases(clock),
+    }
+
+
+def cpu_phases(clock: dict) -> dict:
+    """The main thread's CPU time: median step, and the share of the training phase's CPU outside steps."""
+    if not clock.get("step_cpu"):
+        return {}
+    train = clock["cpu"]["train_end"] - clock["cpu"]["train_start"]
+    return {
+        "step_cpu_ms": 1000 * statistics.median(clock["step_cpu"]),
+        "outside_cpu": 1 - sum(clock["step_cpu"]) / train,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- workers
+
+
+def fit_args(dataset: str, args: argparse.Namespace, root: Path) -> list[str]:
+    """The ``fit`` arguments of one benchmark run (without the clock)."""
+    fraction, scale = DATASETS[dataset]
+    extra = [f"--trainer.max_steps={args.max_steps}"] if args.max_steps else []
+    if args.val_check_interval:
+        extra.append(f"--trainer.val_check_interval={args.val_check_interval}")
+    extra += [f"--{item}" for item in args.set]
+    return [
+        "fit",
+        *(
+            x
+            for name in ("base.yaml", f"data/{dataset}.yaml", f"losses/{args.loss}.yaml")
+            for x in ("--config", str(CONFIGS / name))
+        ),
+        f"--data.init_args.data_dir={args.data_dir}",
+        f"--data.init_args.train_fraction={fraction}",
+        *scale(args.scale),
+        f"--model.init_args.model={args.model}",
+        f"--model.init_args.model_kwargs={json.dumps(args.model_kwargs)}",
+        *extra,
+        f"--trainer.default_root_dir={root}",
+        "--test_after_fit=true",
+    ]
+
+
+def child_env(args: argparse.Namespace) -> dict:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(args.threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_lightning(dataset: str, args: argparse.Namespace, root: Path) -> dict:
+    clock_file = root / "clock.json"
+    clock = json.dumps({"class_path": CLOCK, "init_args": {"path": str(clock_file)}})
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_seg.cli",
+        *fit_args(dataset, args, root),
+        f"--trainer.callbacks+={clock}",
+    ]
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "stdout.log", "w") as log:
+        start = now()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
+        end = now()
+    if done.returncode != 0:
+        raise RuntimeError(f"lightning run failed ({done.returncode}); see {root / 'stdout.log'}")
+    return phases(json.loads(clock_file.read_text()), (start, end))
+
+
+def run_plain(dataset: str, args: argparse.Namespace, root: Path, steps: int) -> dict:
+    command = [sys.executable, __file__, "--worker", "plain", "--datasets", dataset, "--steps", str(steps)]
+    command += ["--data-dir", str(args.data_dir), "--scale", str(args.scale), "--loss", args.loss]
+    command += ["--model", args.model, "--model-kwargs", json.dumps(args.model_kwargs), "--root", str(root)]
+    command += [f"--set={item}" for item in args.set]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(args), cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"plain loop failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plain_worker(args: argparse.Namespace) -> None:
+    """The same model, data and loss as the Lightning run, trained by a bare loop; prints one JSON line."""
+    import torch
+
+    from lightning_seg.cli import build_cli
+
+    (dataset,) = args.datasets
+    cli = build_cli(fit_args(dataset, args, Path(args.root))[1:], run=False)
+    L.seed_everything(cli.config.seed_everything, verbose=False)
+    deterministic = cli.config.trainer.deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+    model, loss, data = cli.model.model, cli.model.loss, cli.datamodule
+    data.setup("fit")
+    loader = data.train_dataloader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    durations, cpu_durations, step, start = [], [], 0, now()
+    while step < args.steps:
+        for batch in loader:
+            t0, c0 = now(), cpu()
+            optimizer.zero_grad(set_to_none=True)
+            value = loss(model(batch["image"]), batch["mask"])
+            value.backward()
+            optimizer.step()
+            durations.append(now() - t0)
+            cpu_durations.append(cpu() - c0)
+            step += 1
+            if step == args.steps:
+                break
+    wall = now() - start
+    record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
+    record["step_cpu_ms"] = 1000 * statistics.median(cpu_durations)
+    print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
+
+
+# --------------------------------------------------------------------------------------------------- report
+
+
+def row(date: str, dataset: str, lightning: dict, plain: dict) -> str:
+    fraction, train = DATASETS[dataset][0], lightning["train"]
+    cells = [
+        date,
+        f"{dataset} ({fraction:g})",
+        f"{lightning['steps']:.0f}",
+        f"{lightning['validations']:.0f}",
+        f"{lightning['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
+        f"{lightning['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
+        f"{lightning['step_ms']:.1f} / {plain['step_ms']:.1f}",
+        f"{lightning['outside_train']:.1%}",
+        *(f"{lightning[k] / train:.1%}" for k in ("validation", "checkpoint", "epoch_ends", "between")),
+        f"{lightning['outside_cpu']:.1%}",
+        *(f"{lightning[k]:.1f}" for k in ("train", "startup", "test_and_exit", "wall")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def median_record(records: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in records) for k in records[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data")
+    )
+    parser.add_argument("--scale", type=int, default=8, help="divide every image side by this (default 8)")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model-kwargs", type=json.loads, default={"channels": 8})
+    parser.add_argument("--loss", default="caml")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="override trainer.max_steps (default: the config's)"
+    )
+    parser.add_argument("--val-check-interval", type=int, default=None, help="override trainer.val_check_interval")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra fit override (repeatable)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
+    parser.add_argument("--date", default=dt.date.today().isoformat())
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary one)")
+    parser.add_argument("--worker", choices=["plain"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--root", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker == "plain":
+        plain_worker(args)
+        return 0
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = args.keep or Path(tmp)
+        for dataset in args.datasets:
+            lightning, plain = [], []
+            for repeat in range(args.repeats):
+                lightning.append(run_lightning(dataset, args, base / dataset / f"lightning{repeat}"))
+                steps = int(lightning[-1]["steps"])
+                plain.append(run_plain(dataset, args, base / dataset / f"plain{repeat}", steps))
+                print(
+                    f"{dataset} repeat {repeat}: {json.dumps({**lightning[-1], 'plain': plain[-1]})}", file=sys.stderr
+                )
+            rows.append(row(args.date, dataset, median_record(lightning), median_record(plain)))
+    table = "\n".join([HEADER, *rows])
+    print(table)
+    if args.output:
+        new = not args.output.exists()
+        with args.output.open("a") as handle:
+            handle.write((table if new else "\n".join(rows)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

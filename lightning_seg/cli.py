@@ -243,6 +243,9 @@ def quiet() -> None:
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    # Logging steps are counted over the whole run, across epoch ends (module.is_logging_step), so an epoch
+    # shorter than log_every_n_steps still logs: Lightning's warning about it does not apply.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -240,7 +240,7 @@ def test_ckpt_path_last_without_a_resumable_checkpoint_is_an_error(tmp_path):
 # ------------------------------------------------------------------------- failures and resume (subprocess)
 
 #: a fit of ~10 s with a resumable checkpoint at every epoch end
-RESUMABLE = [*SYNTHETIC, *SMALL_RUN, "--trainer.max_epochs=4", "--checkpoint.every_minutes=0", "--test_after_fit=true"]
+RESUMABLE = [*SYNTHETIC, *SMALL_RUN, "--trainer.max_steps=12", "--checkpoint.every_minutes=0", "--test_after_fit=true"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 

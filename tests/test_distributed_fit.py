@@ -22,6 +22,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from lightning_seg.run import Records
 from tests.conftest import REPO, compose
 
 FIELDS = ("ce", "dice_loss", "p_bar", "dice_coef", "alpha")
@@ -31,7 +32,8 @@ FIT = [
     "lightning_seg.cli",
     "fit",
     *compose("base.yaml", "data/synthetic.yaml", "losses/caml.yaml"),
-    "--trainer.max_epochs=2",
+    "--trainer.max_steps=4",
+    "--trainer.val_check_interval=2",
     "--trainer.limit_train_batches=2",
     "--trainer.limit_val_batches=1",
     "--trainer.log_every_n_steps=1",
@@ -108,7 +110,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def test_ddp_fit_writes_the_same_kinds_of_records_as_one_process(runs):
     kinds = record_kinds(runs["ddp"])
     assert kinds == record_kinds(runs["single"])
-    assert {"checkpoints/best.json", "logs/version_N/metrics.csv", "logs/version_N/config.yaml"} <= kinds
+    assert {Records.BEST, Records.RUN, "logs/version_N/metrics.csv", "logs/version_N/config.yaml"} <= kinds
     trainer = yaml.safe_load((runs["ddp"] / "logs" / "version_0" / "config.yaml").read_text())["trainer"]
     assert trainer["strategy"] == "ddp" and str(trainer["devices"]) == "2"
 

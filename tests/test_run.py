@@ -150,9 +150,9 @@ def test_with_overrides_equals_parsing_the_overrides():
 
 
 def test_settings_diff_names_the_options_that_differ():
-    a, b = identity(), identity("--trainer.max_epochs=50", "--model.init_args.optimizer=torch.optim.SGD")
+    a, b = identity(), identity("--trainer.max_steps=50", "--model.init_args.optimizer=torch.optim.SGD")
     diff = settings_diff(a.settings, b.settings)
-    assert "trainer.max_epochs 30 → 50" in diff
+    assert "trainer.max_steps 180 → 50" in diff
     assert "model.init_args.optimizer lightning_seg.module.adam → " in diff
 
 

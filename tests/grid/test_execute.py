@@ -242,9 +242,10 @@ def processes_mentioning(text: str) -> list[int]:
 def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
     out = tmp_path / "grid"
     args = ["--out", str(out), "--gpus", "none", "--parallel", "1"]
-    args += [f"--set={o}" for o in [*TINY, "trainer.max_epochs=2"]]
+    overrides = [*TINY, "trainer.max_epochs=2"]
+    args += [f"--set={o}" for o in overrides]
     grid = small_grid(tmp_path)
-    runs = Grid.load(grid).runs()
+    runs = Grid.load(grid).runs(overrides)
     assert len(runs) == 3
     first = out / runs[0].relpath
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

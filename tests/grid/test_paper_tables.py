@@ -271,7 +271,8 @@ def test_protocol_anchor_figures(dataset: str, fraction: str) -> None:
     additive = {
         loss: g["miou"]
         for (t, ds, model, frac, loss), g in group.items()
-        if (t, ds, model, frac) == (table, dataset, "unet", fraction) and loss.startswith("additive_")
+        if (t, ds, model, frac) == (table, dataset, "unet", fraction)
+        and (loss == "additive" or loss.startswith("additive_"))
     }
     best = max(additive, key=lambda loss: float(additive[loss][0]))
     assert (best, *additive[best]) == expected["best_additive"]

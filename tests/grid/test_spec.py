@@ -166,10 +166,10 @@ def test_the_same_run_in_two_blocks_is_kept_once(tmp_path):
                 **VALID,
                 "blocks": [
                     {"data": ["synthetic"], "loss": ["ce"]},
-                    {"data": ["synthetic"], "loss": ["ce"], "args": {"trainer.max_epochs": 1}},
+                    {"data": ["synthetic"], "loss": ["ce"], "args": {"trainer.max_steps": 1}},
                 ],
             },
-            r"is also defined by an earlier block with other settings \(trainer.max_epochs 30 → 1\)",
+            r"is also defined by an earlier block with other settings \(trainer.max_steps 180 → 1\)",
         ),
     ],
 )

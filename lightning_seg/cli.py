@@ -311,7 +311,7 @@ class SegmentationCLI(LightningCLI):
         # Always present, configured under `checkpoint:` and `nonfinite:` (not in trainer.callbacks).
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
-        for attribute in ("num_classes", "in_channels", "class_names", "ignore_index"):
+        for attribute in ("num_classes", "in_channels", "class_names", "ignore_index", "curvilinear_classes"):
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{attribute}", apply_on="instantiate")
 
     def parse_arguments(self, parser, args) -> None:

@@ -11,6 +11,13 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from .evaluation.test_time import (
+    DEFAULT_SETTINGS,
+    EvaluationSettings,
+    TestEvaluation,
+    check_curvilinear_classes,
+    finish_test,
+)
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
 
@@ -75,7 +82,10 @@ class SegmentationModule(L.LightningModule):
         model_kwargs: keyword arguments of the model (e.g. ``{"base_channels": 16}``).
         loss: a :class:`~lightning_seg.losses.SegmentationLoss` or a registry name (``ce``, ``dice``,
             ``additive``, ``ml``, ``caml``, ...), built with ``ignore_index``.
-        num_classes, in_channels, class_names, ignore_index: set from the DataModule by the CLI.
+        num_classes, in_channels, class_names, ignore_index, curvilinear_classes: set from the DataModule by
+            the CLI (``curvilinear_classes``: names of the thin, tubular classes that also get clDice).
+        evaluation: options of the per-image evaluation at test time (NSD tolerance, empty-class policy,
+            calibration bins); see :class:`~lightning_seg.evaluation.EvaluationSettings`.
         optimizer: optimizer factory; Adam with lr 1e-3 by default, as in the paper.
         lr_scheduler: optional scheduler factory.
 
@@ -86,6 +96,10 @@ class SegmentationModule(L.LightningModule):
     ``train`` over the training batches since the previous validation, logged with it. ``train/loss`` is the
     loss of the step, logged at logging steps only (every ``trainer.log_every_n_steps``, see
     :func:`is_logging_step`), so that other steps convert nothing to Python numbers (no device→host sync).
+
+    Every test also scores each test image and class (Dice, IoU, HD95, NSD, clDice), measures calibration
+    (``test/ece``, ``test/ece_<class>``) and writes the records of :mod:`lightning_seg.evaluation.records`
+    into ``trainer.default_root_dir`` (docs/evaluation.md). Training and validation are unchanged.
     """
 
     def __init__(
@@ -97,8 +111,10 @@ class SegmentationModule(L.LightningModule):
         in_channels: int = 1,
         class_names: Sequence[str] | None = None,
         ignore_index: int | None = 255,
+        curvilinear_classes: Sequence[str] = (),
         optimizer: OptimizerCallable = adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        evaluation: EvaluationSettings = DEFAULT_SETTINGS,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -106,11 +122,15 @@ class SegmentationModule(L.LightningModule):
         class_names = [f"class{i}" for i in range(num_classes)] if class_names is None else list(class_names)
         if len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
-        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler"])
+        check_curvilinear_classes(curvilinear_classes, class_names)
+        # evaluation settings are recorded with the scores they produce (test_evaluation.json), not in hparams
+        self.save_hyperparameters(ignore=["loss", "optimizer", "lr_scheduler", "evaluation"])
         self.hparams["loss_name"] = loss if isinstance(loss, str) else loss.name
         self.class_names = class_names
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.evaluation = evaluation
+        self.test_evaluation: TestEvaluation | None = None
         self.configure_models()
         self.configure_losses(loss)
         self.configure_metrics()
@@ -155,7 +175,8 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _step(self, batch: dict, split: str) -> Tensor:
+    def _step(self, batch: dict, split: str) -> tuple[Tensor, Tensor]:
+        """The loss and the logits of a batch; updates the split's metrics and logs the loss."""
         logits = self(batch["image"])
         target = batch["mask"]
         loss = self.loss(logits, target)
@@ -167,16 +188,18 @@ class SegmentationModule(L.LightningModule):
         else:  # the split's mean loss, weighted by batch size, summed on the device and logged at the end
             total, count = self._loss_sums.get(split, (0.0, 0))
             self._loss_sums[split] = (total + loss.detach() * batch_size, count + batch_size)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
+        _, logits = self._step(batch, "test")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.test_evaluation.update(logits, batch["mask"], batch.get("id"), getattr(datamodule, "sample_group", None))
 
     def _log_epoch_metrics(self, split: str) -> None:
         values = self.split_metrics(split).compute()
@@ -203,9 +226,14 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._loss_sums.pop("test", None)
+        hp = self.hparams
+        self.test_evaluation = TestEvaluation(
+            self.class_names, hp.curvilinear_classes, hp.ignore_index, self.evaluation
+        )
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        finish_test(self, self.test_evaluation)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

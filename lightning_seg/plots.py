@@ -7,12 +7,18 @@ writes one figure per dataset/model/fraction group, ``DIR/<data>_<model>_frac<f>
 epoch, one line per loss (one colour per loss, the same in every figure). Runs of the same loss and settings in
 a group (folds, seeds) are averaged, with a ± 1 std band; runs of other settings get a line of their own,
 labelled with their cell (:attr:`lightning_seg.run.RunIdentity.cell`).
+
+Where the runs were tested, a second figure per group, ``DIR/<data>_<model>_frac<f>_test.png``, shows the
+distributions of the per-image test scores (Dice, HD95, NSD, clDice; one box and its points per loss and
+class, pooled over images × runs, from each run's per-image record) and the top-label ECE of each run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .run import RunKeys, find_run_folders
+from .evaluation.records import read_per_image
+from .run import Records, RunKeys, find_run_folders
 
 #: (metric, x column) of the panels, in order.
 PANELS: list[tuple[str, str]] = [
@@ -30,6 +37,13 @@ PANELS: list[tuple[str, str]] = [
     ("train/ce", "step"),
     ("train/dice_loss", "step"),
     ("val/miou", "epoch"),
+]
+#: (score, axis label) of the per-image panels of the test figure, in order.
+TEST_PANELS: list[tuple[str, str]] = [
+    ("dice", "Dice per image"),
+    ("hd95", "HD95 per image (pixels)"),
+    ("nsd", "NSD per image"),
+    ("cldice", "clDice per image"),
 ]
 
 
@@ -122,13 +136,99 @@ def compare(root: str | Path, out: str | Path) -> list[Path]:
         path = out / (group.replace("/", "_") + ".png")
         fig.savefig(path, dpi=100)
         paths.append(path)
+    run_dirs: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for keys, _, csvs in runs:
+        run_dirs[keys.group][keys.loss].append(csvs[0].parents[2])  # <run>/logs/version_N/metrics.csv
+    for group, by_loss in sorted(run_dirs.items()):
+        path = test_figure(group, by_loss, colours, out / (group.replace("/", "_") + "_test.png"))
+        if path is not None:
+            paths.append(path)
     return paths
+
+
+def test_figure(group: str, run_dirs: dict[str, list[Path]], colours: dict, path: Path) -> Path | None:
+    """Box and strip plots of the per-image scores of each loss's runs, and their ECE; ``None`` if no run of
+    the group has per-image scores."""
+    from matplotlib.figure import Figure
+
+    rows = {
+        loss: [
+            row
+            for run in dirs
+            if (run / Records.PER_IMAGE).is_file()
+            for row in read_per_image(run / Records.PER_IMAGE)
+        ]
+        for loss, dirs in sorted(run_dirs.items())
+    }
+    rows = {loss: found for loss, found in rows.items() if found}
+    if not rows:
+        return None
+    ece = {
+        loss: [
+            value
+            for run in dirs
+            if (run / Records.EVALUATION).is_file()
+            and (value := json.loads((run / Records.EVALUATION).read_text())["calibration"]["ece"]) is not None
+        ]
+        for loss, dirs in sorted(run_dirs.items())
+    }
+    classes = list(dict.fromkeys(row["class"] for found in rows.values() for row in found))
+    panels = [(s, label) for s, label in TEST_PANELS if any(not math.isnan(r[s]) for f in rows.values() for r in f)]
+    fig = Figure(figsize=(15, 8))
+    grid = fig.subplots(2, 3)
+    axes = list(grid.flat)[: len(panels) + 1]
+    for unused in list(grid.flat)[len(panels) + 1 :]:
+        unused.set_axis_off()
+    width = 0.8 / len(rows)
+    rng = np.random.default_rng(0)  # jitter of the points: the same figure every time
+    for ax, (score, label) in zip(axes, panels, strict=False):
+        shown = [
+            c for c in classes if any(not math.isnan(r[score]) for f in rows.values() for r in f if r["class"] == c)
+        ]
+        for k, (loss, found) in enumerate(rows.items()):
+            for x, name in enumerate(shown):
+                values = [r[score] for r in found if r["class"] == name and not math.isnan(r[score])]
+                if not values:
+                    continue
+                position = x - 0.4 + width * (k + 0.5)
+                ax.boxplot(
+                    values,
+                    positions=[position],
+                    widths=0.8 * width,
+                    showfliers=False,
+                    patch_artist=True,
+                    boxprops={"facecolor": colours[loss], "alpha": 0.35},
+                    medianprops={"color": colours[loss]},
+                )
+                jitter = rng.uniform(-0.3, 0.3, len(values)) * width
+                ax.scatter(
+                    position + jitter, values, s=8, color=colours[loss], alpha=0.8, label=loss if x == 0 else None
+                )
+        ax.set_xticks(range(len(shown)), shown, rotation=20)
+        ax.set(title=label, xlim=(-0.5, len(shown) - 0.5))
+        ax.grid(alpha=0.3, axis="y")
+    ece_ax = axes[-1]
+    for k, (loss, values) in enumerate(ece.items()):
+        if values:
+            ece_ax.scatter([k] * len(values), values, color=colours[loss], label=loss)
+            ece_ax.hlines(np.mean(values), k - 0.3, k + 0.3, color=colours[loss])
+    ece_ax.set_xticks(range(len(ece)), list(ece), rotation=20)
+    ece_ax.set(title="ECE per run (top label; line: mean)")
+    ece_ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.suptitle(f"{group}: per-image test scores, images × runs pooled (empty-class policy: docs/evaluation.md)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(prog="python -m lightning_seg.plots", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="one figure per dataset/model/fraction, one line per loss")
+    c = sub.add_parser(
+        "compare", help="per dataset/model/fraction: training curves (one line per loss) and per-image test scores"
+    )
     c.add_argument("root", help="runs root, e.g. runs/")
     c.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -56,6 +56,12 @@ class Records:
     TEST_METRICS = "test_metrics.json"
     #: a grid run's final record: keys, fingerprint, test metrics, wall time, host, command
     RESULT = "result.json"
+    #: per test image and class: Dice, IoU, HD95, NSD, clDice and the empty-class case (docs/evaluation.md)
+    PER_IMAGE = "per_image_metrics.csv"
+    #: the last test's evaluation settings, library versions, checkpoint, per-class summaries and calibration
+    EVALUATION = "test_evaluation.json"
+    #: the last test's reliability diagram
+    RELIABILITY = "reliability.png"
 
 
 class RunFolderError(ValueError):
@@ -94,7 +100,10 @@ TRAINER_NOT_DEFINING = frozenset(
 #: Data arguments that do not change what a run computes (where the files are, how they are loaded).
 DATA_NOT_DEFINING = frozenset({"data_dir", "num_workers", "download", "mirror", "verify"})
 #: Module arguments the CLI links from the data (``num_classes``, ...): the data's own settings define them.
-LINKED_FROM_DATA = frozenset({"num_classes", "in_channels", "class_names", "ignore_index"})
+LINKED_FROM_DATA = frozenset({"num_classes", "in_channels", "class_names", "ignore_index", "curvilinear_classes"})
+#: Module arguments that do not change what training computes: the test-time evaluation settings, recorded with
+#: the scores they produce (``Records.EVALUATION``), so that a run can be tested again under another setting.
+MODEL_NOT_DEFINING = frozenset({"evaluation"})
 #: Callbacks that only observe a run (import paths of base classes); any other callback is part of the settings.
 OBSERVERS = (
     "lightning.pytorch.callbacks.ProgressBar",
@@ -253,7 +262,9 @@ def experiment_settings(config: Mapping) -> dict:
     that ``loss: caml`` and ``class_path: lightning_seg.losses.CAML`` are the same settings.
     """
     model = dict(config["model"])
-    model_args = {k: v for k, v in (model.get("init_args") or {}).items() if k not in LINKED_FROM_DATA}
+    model_args = {
+        k: v for k, v in (model.get("init_args") or {}).items() if k not in LINKED_FROM_DATA | MODEL_NOT_DEFINING
+    }
     model_args["loss"] = _loss_class_spec(model_args.get("loss", "caml"))
     if "model" in model_args:
         model_args["model_kwargs"] = _resolved_model_kwargs(model_args["model"], model_args.get("model_kwargs"))

@@ -64,6 +64,19 @@ def test_packing_cpu_smoke(tmp_path):
     assert done.stdout.splitlines()[2:] == lines[2:]  # the same rows were printed
 
 
+def test_evaluation_benchmark_cpu_smoke(tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "evaluation.py"), "--datasets", "synthetic"]
+    command += ["--repeats", "1", "--base-channels", "4", "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, _, row = done.stdout.splitlines()
+    assert header.startswith("| date | device | dataset | test images |")
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "2000-01-01" and cells[2:5] == ["synthetic", "8", "64×64"]
+    forward, evaluation, ratio = map(float, cells[5:8])
+    assert forward > 0 and evaluation > 0 and ratio > 0
+
+
 def test_losses_cpu_smoke(tmp_path):
     output = tmp_path / "losses.md"
     command = [sys.executable, str(REPO / "benchmarks" / "losses.py"), "--device", "cpu", "--size", "16"]

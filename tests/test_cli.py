@@ -3,6 +3,7 @@ resume after a kill, failures that stop loudly, and errors in one line."""
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ import torch
 
 from lightning_seg.callbacks import CheckpointError, NonFiniteError
 from lightning_seg.cli import ConfigError, build_cli, main
+from lightning_seg.data import SyntheticDataModule
+from lightning_seg.evaluation import read_per_image
 from lightning_seg.run import Records, RunFolder, RunFolderError
 from tests.conftest import CONFIGS, REPO, SMALL_RUN, compose
 
@@ -110,6 +113,26 @@ def test_data_attributes_are_linked_into_the_model(tmp_path):
     assert list(cli.model.class_names) == ["background", "region", "curve", "blob"]
     assert cli.model.hparams.in_channels == 1
     assert cli.model.loss.ignore_index == cli.datamodule.ignore_index == 255
+    assert tuple(cli.model.hparams.curvilinear_classes) == ("curve",)
+
+
+def test_every_test_writes_per_image_records_with_the_configured_evaluation(tmp_path):
+    root = tmp_path / "run"
+    options = ["--model.init_args.evaluation.nsd_tolerance=1", "--model.init_args.evaluation.both_empty=perfect"]
+    args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml"), *SMALL_RUN, *options]
+    build_cli(["fit", *args, f"--trainer.default_root_dir={root}", "--test_after_fit=true"])
+    test_ids = SyntheticDataModule(num_images=20, image_size=32).split_ids()["test"]
+    rows = read_per_image(root / Records.PER_IMAGE)
+    assert [(r["id"], r["class"]) for r in rows] == [(i, c) for i in test_ids for c in SyntheticDataModule.class_names]
+    for row in rows:  # both_empty=perfect: a number everywhere but clDice of the classes that are not curvilinear
+        assert not any(math.isnan(row[s]) for s in ("dice", "iou", "hd95", "nsd"))
+        assert math.isnan(row["cldice"]) == (row["class"] != "curve")
+    record = json.loads((root / Records.EVALUATION).read_text())
+    assert record["settings"]["nsd_tolerance"] == 1.0 and record["settings"]["both_empty"] == "perfect"
+    assert record["ckpt_path"] == json.loads((root / Records.BEST).read_text())["path"]
+    assert (root / Records.RELIABILITY).is_file()
+    metrics = json.loads((root / Records.TEST_METRICS).read_text())["metrics"]
+    assert 0 <= metrics["test/ece"] <= 1 and "test/cldice_curve" in metrics and "test/miou" in metrics
 
 
 def test_test_best_without_a_fit_explains(tmp_path):

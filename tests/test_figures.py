@@ -16,7 +16,7 @@ from PIL import Image
 from lightning_seg import figures, plots
 from lightning_seg.cli import build_cli
 from lightning_seg.figures import Sweep
-from lightning_seg.run import Records, RunFolder
+from lightning_seg.run import Records, RunFolder, find_run_folders
 from tests.conftest import CONFIGS, SMALL_RUN, compose
 
 DATA_ARGS = [*compose("base.yaml", "data/synthetic.yaml"), *SMALL_RUN[-2:]]
@@ -453,3 +453,31 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     assert sorted(p.name for p in paths) == [f"synthetic_{MODEL}_frac0.5.png", f"synthetic_{MODEL}_frac1.png"]
     for path in paths:
         assert_png(path, 300)
+
+
+def test_compare_draws_the_per_image_test_scores_of_tested_runs(runs_root, tmp_path):
+    import shutil
+
+    from lightning_seg.evaluation.records import write_per_image
+
+    runs_root = shutil.copytree(runs_root, tmp_path / "runs")  # the fixture's runs stay untested for the others
+    base = {"sample_group": "", "case": "both_present", "target_pixels": 5, "pred_pixels": 5, "iou": 0.5}
+    folders = {f.identity().keys: f.path for f in find_run_folders(runs_root)}
+    dice_of = {"ce": 0.4, "caml": 0.6}
+    tested = {keys: path for keys, path in folders.items() if keys.loss in dice_of and keys.seed == 0}
+    assert sorted(k.loss for k in tested) == ["caml", "ce"]
+    for keys, run in tested.items():
+        dice = dice_of[keys.loss]
+        rows = [
+            {**base, "id": f"{i:04d}", "class": c, "dice": dice + i / 100, "hd95": 3.0 + i, "nsd": dice, "cldice": dice if c == "curve" else float("nan")}
+            for i in range(4)
+            for c in ("background", "curve")
+        ]  # fmt: skip
+        write_per_image(run / Records.PER_IMAGE, rows)
+        (run / Records.EVALUATION).write_text('{"calibration": {"ece": %s}}' % (dice / 10))
+    paths = plots.compare(runs_root, tmp_path / "plots")
+    (group,) = {keys.group for keys in tested}
+    figure = tmp_path / "plots" / (group.replace("/", "_") + "_test.png")
+    assert figure in paths and len(paths) == len({p.name for p in paths})
+    assert_png(figure, 300)
+    assert plots.test_figure("g", {"ce": [tmp_path]}, {"ce": "red"}, tmp_path / "none.png") is None

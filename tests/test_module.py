@@ -60,14 +60,14 @@ def hand_dice(preds, masks, num_classes, ignore_index=255):
     return np.array(out)
 
 
-def test_test_metrics_match_hand_computed_iou():
+def test_test_metrics_match_hand_computed_iou(tmp_path):
     g = torch.Generator().manual_seed(0)
     preds = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(3)]
     masks = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(3)]
     masks[0][0, :4] = 255  # ignored pixels leave the metric
     module = SegmentationModule(model="tiny", num_classes=4, in_channels=2, class_names=["a", "b", "c", "d"])
     module.model = FixedLogits(4)
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, dataloaders=DataLoader(batches(preds, masks), batch_size=None))
     expected = hand_iou(preds, masks, 4, 255)
     got = np.array([trainer.callback_metrics[f"test/iou_{n}"].item() for n in "abcd"])

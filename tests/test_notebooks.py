@@ -58,6 +58,10 @@ def test_notebook_runs(name, kernel, tmp_path):
         assert f"synthetic,{model},1.0,caml,miou,3," in summary and f"synthetic,{model},1.0,ce,miou,3," in summary
         assert f"| {model} | 1 | caml | 3 |" in (workdir / "runs/grids/synthetic/results.md").read_text()
         assert (workdir / f"plots/synthetic_{model}_frac1.png").is_file()
+        assert (workdir / f"plots/synthetic_{model}_frac1_test.png").is_file()  # per-image scores per loss
+        assert f"synthetic,{model},1.0,caml,image_dice_curve,3," in summary
+        assert (workdir / "runs/grids/synthetic/paired_images.csv").is_file()
+        assert "ECE (top label):" in text
     images = [
         o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})
     ]

@@ -122,6 +122,8 @@ def test_what_does_not_define_a_run_leaves_its_fingerprint_alone(tmp_path):
         # the loss by registry name or by its class with the default arguments: the same loss
         identity("--model.init_args.loss=lightning_seg.losses.CAML"),
         identity(f"--data.init_args.data_dir={tmp_path}"),
+        # test-time evaluation settings: recorded with the scores they produce, a run can be re-tested under them
+        identity("--model.init_args.evaluation.nsd_tolerance=1", "--model.init_args.evaluation.both_empty=perfect"),
     ]
     assert {run.fingerprint for run in same} == {base.fingerprint}
 

@@ -80,6 +80,8 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
     class_names: ClassVar[tuple[str, ...]] = ()
     #: image channels (the model's input channels)
     in_channels: ClassVar[int] = 1
+    #: classes of thin, tubular structures (vessels, membranes): the test also scores them with clDice
+    curvilinear_classes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

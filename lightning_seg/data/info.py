@@ -100,6 +100,8 @@ class DatasetInfo:
     split_unit: str
     #: the group of an image key (images of a group never straddle two splits); ``None``: each image alone
     group: Callable[[str], str] | None = field(default=None, compare=False)
+    #: classes of thin, tubular structures (vessels, membranes): the test also scores them with clDice
+    curvilinear_classes: tuple[str, ...] = ()
 
     @property
     def in_channels(self) -> int:

@@ -75,6 +75,7 @@ class SyntheticDataModule(SegmentationDataModule):
     """
 
     class_names = CLASS_NAMES
+    curvilinear_classes = ("curve",)
     in_channels = 1
 
     def __init__(self, num_images: int = 40, image_size: int = 64, seed: int = 0, num_folds: int = 5, **kwargs) -> None:

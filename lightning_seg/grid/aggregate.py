@@ -1,15 +1,21 @@
 """Aggregating a grid: mean ± std over folds and seeds, beside the paper's numbers, with paired Wilcoxon tests.
 
-Reads the ``result.json`` of every run folder under a grid's output root (or of the given run folders) and writes:
+Reads the ``result.json`` of every run folder under a grid's output root (or of the given run folders), and
+the per-image scores each run's test wrote beside it (:mod:`lightning_seg.evaluation.records`), and writes:
 
-- ``summary.csv``: one row per (dataset, model, fraction, loss, metric): n, mean, std, the paper's mean and std;
+- ``summary.csv``: one row per (dataset, model, fraction, loss, metric): n runs, mean, std, a bootstrap 95 %
+  interval, the paper's mean and std. Run-level metrics (``miou``, ``iou_<class>``, ``ece``, ``ece_<class>``)
+  are over runs (``level`` "run"); per-image metrics (``image_<score>`` over classes, ``image_<score>_<class>``)
+  over images × runs (``level`` "image");
 - ``wilcoxon.csv``: ML and CAML (the candidates) against every other loss of the same (dataset, model,
   fraction): the number of (fold, seed) pairs, the mean paired difference and the two-sided Wilcoxon
-  signed-rank p-value on test mIoU;
-- ``results.md``: both, in the layout of the paper's Tables 1-4, one table per dataset.
+  signed-rank p-value on test mIoU, raw and Holm-adjusted;
+- ``paired_images.csv``: the same comparisons per test image, for every per-image metric;
+- ``results.md``: the paper's Tables 1-4 layout, one table per dataset, then calibration and per-image tables.
 
-IoU is in percent, as in the paper. ``std`` is the sample standard deviation (ddof = 1) over runs. The runs
-averaged in one row must share their settings but for fold and seed (their ``cell``,
+IoU, Dice, NSD, clDice and ECE are in percent, as in the paper; HD95 in pixels. ``std`` is the sample standard
+deviation (ddof = 1). Intervals, tests and the multiple-comparison policy: :mod:`lightning_seg.grid.statistics`.
+The runs averaged in one row must share their settings but for fold and seed (their ``cell``,
 :attr:`lightning_seg.run.RunIdentity.cell`); runs of other settings under the same keys are an error, never mixed.
 """
 
@@ -20,14 +26,14 @@ import io
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
-
 from ..atomic import write_text_atomic
+from ..evaluation.policy import SCORES
 from ..run import Records, RunFolder, find_run_folders, group_name, settings_diff
+from . import statistics as st
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.csv")
 CANDIDATES = ("ml", "caml")
@@ -118,16 +124,24 @@ class Summary:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def summarize(results: Sequence[dict]) -> list[Summary]:
-    """Per (dataset, model, fraction, loss): each metric over the runs (folds × seeds), in the paper's order."""
+def calibration_names(results: Iterable[dict]) -> list[str]:
+    """``ece`` then ``ece_<class>`` in logging order, as they appear in the results."""
+    names: list[str] = []
+    for record in results:
+        names += [k.removeprefix("test/") for k in record["metrics"] if k.startswith("test/ece")]
+    return sorted(set(names), key=names.index)
+
+
+def summarize(results: Sequence[dict], names: Callable[[Sequence[dict]], list[str]] = metric_names) -> list[Summary]:
+    """Per (dataset, model, fraction, loss): each metric of ``names`` over the runs (folds × seeds), in the
+    paper's order."""
     by_group: dict[Group, list[dict]] = defaultdict(list)
     for record in results:
         by_group[_group(record)].append(record)
     summaries = []
     for group in sorted(by_group, key=group_order):
         records = by_group[group]
-        names = metric_names(records)
-        values = {name: [_percent(r["metrics"].get(f"test/{name}")) for r in records] for name in names}
+        values = {name: [_percent(r["metrics"].get(f"test/{name}")) for r in records] for name in names(records)}
         summaries.append(Summary(group, len(records), values))
     return summaries
 
@@ -136,7 +150,8 @@ def paired_tests(results: Sequence[dict], candidates: Sequence[str] = CANDIDATES
     """Each candidate loss against each other loss of its (dataset, model, fraction), on test mIoU.
 
     Runs are paired by (fold, seed). ``p_value`` is the two-sided Wilcoxon signed-rank test (exact for small
-    samples, zero differences dropped); NaN when fewer than one pair differs.
+    samples, zero differences dropped); NaN when fewer than one pair differs. ``p_holm``: Holm-adjusted over
+    the tests of one dataset.
     """
     miou: dict[tuple, dict[tuple[int, int], float]] = defaultdict(dict)
     for record in results:
@@ -152,10 +167,7 @@ def paired_tests(results: Sequence[dict], candidates: Sequence[str] = CANDIDATES
         for baseline in sorted(baselines, key=group_order):
             pairs = sorted(set(miou[group]) & set(miou[baseline]))
             diffs = [miou[group][p] - miou[baseline][p] for p in pairs]
-            statistic = p_value = math.nan
-            if any(d != 0 for d in diffs):
-                test = stats.wilcoxon(diffs, alternative="two-sided")
-                statistic, p_value = float(test.statistic), float(test.pvalue)
+            statistic, p_value = st.wilcoxon(diffs)
             rows.append(
                 {
                     "dataset": dataset,
@@ -169,7 +181,18 @@ def paired_tests(results: Sequence[dict], candidates: Sequence[str] = CANDIDATES
                     "p_value": p_value,
                 }
             )
+    _add_holm(rows, family=lambda row: row["dataset"])
     return rows
+
+
+def _add_holm(rows: list[dict], family) -> None:
+    """Set ``p_holm`` of every row, Holm-adjusted within the rows that share ``family(row)``."""
+    families: dict = defaultdict(list)
+    for row in rows:
+        families[family(row)].append(row)
+    for members in families.values():
+        for row, adjusted in zip(members, st.holm([r["p_value"] for r in members]), strict=True):
+            row["p_holm"] = adjusted
 
 
 def load_paper_tables(path: Path = PAPER_TABLES) -> dict[tuple, tuple[float, float]]:
@@ -198,13 +221,14 @@ def to_markdown(summaries: Sequence[Summary], tests: Sequence[dict], paper: dict
     """One table per dataset: model, fraction, loss rows as in the paper, each followed by the paper's row."""
     lines = [
         "IoU in %, mean ± sample std over folds × seeds (n runs); *paper* rows: the paper's Tables 1-4.",
-        "p: two-sided Wilcoxon signed-rank test of test mIoU against each baseline, paired by (fold, seed);",
-        "with n pairs the smallest attainable p is 2/2^n (0.25 for 3 pairs, 6.1e-05 for 15).",
+        "p: two-sided Wilcoxon signed-rank test of test mIoU against each baseline, paired by (fold, seed), raw / ",
+        "Holm-adjusted over the tests of the dataset's table; with n pairs the smallest attainable p is 2/2^n",
+        "(0.25 for 3 pairs, 6.1e-05 for 15).",
     ]
     p_text: dict[Group, str] = defaultdict(str)
     for row in tests:
         group = (row["dataset"], row["model"], row["fraction"], row["loss"])
-        entry = f"{row['baseline']} {_p(row['p_value'])} ({row['mean_diff']:+.2f})"
+        entry = f"{row['baseline']} {_p(row['p_value'])} / {_p(row['p_holm'])} ({row['mean_diff']:+.2f})"
         p_text[group] = f"{p_text[group]}; {entry}" if p_text[group] else entry
     by_dataset: dict[str, list[Summary]] = defaultdict(list)
     for summary in summaries:
@@ -233,6 +257,150 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
     write_text_atomic(path, text.getvalue())
 
 
+SCORE_LABELS = {"dice": "Dice (%)", "iou": "IoU (%)", "hd95": "HD95 (pixels)", "nsd": "NSD (%)", "cldice": "clDice (%)"}
+
+
+def image_statistics(results: Sequence[dict]) -> tuple[list[dict], list[dict], dict[str, dict]]:
+    """Per-image metrics of every cell (:func:`lightning_seg.grid.statistics.describe`), the per-image paired
+    tests of the candidates against the other losses of their (dataset, model, fraction), Holm-adjusted
+    within each (dataset, score), and the evaluation settings of each dataset."""
+    runs = [run for run in map(st.run_images, results) if run is not None]
+    settings = st.check_settings(runs)
+    by_group: dict[Group, list[st.RunImages]] = defaultdict(list)
+    for run in runs:
+        by_group[_group({"keys": run.keys})].append(run)
+    rows, tests = [], []
+    for group in sorted(by_group, key=group_order):
+        group_runs = by_group[group]
+        classes = list(dict.fromkeys(c for run in group_runs for c in run.classes))
+        for score in SCORES:
+            for class_name in [None, *classes]:
+                metric = st.image_metric(score, class_name)
+                described = st.describe(group_runs, metric)
+                if not described["n_values"]:
+                    continue
+                keys = dict(zip(("dataset", "model", "fraction", "loss"), group, strict=True))
+                rows.append(
+                    {
+                        **keys,
+                        "metric": metric,
+                        "score": score,
+                        "class": class_name or "mean",
+                        "n": len(group_runs),
+                        **described,
+                    }
+                )
+                if group[3] not in CANDIDATES:
+                    continue
+                for baseline in sorted(by_group, key=group_order):
+                    if baseline[:3] != group[:3] or baseline[3] in CANDIDATES:
+                        continue
+                    differences = st.image_pairs(group_runs, by_group[baseline], metric)
+                    statistic, p_value = st.wilcoxon(differences)
+                    tests.append(
+                        {
+                            **keys,
+                            "baseline": baseline[3],
+                            "metric": metric,
+                            "score": score,
+                            "class": class_name or "mean",
+                            "n_pairs": len(differences),
+                            "mean_diff": statistics.fmean(differences) if differences else math.nan,
+                            "statistic": statistic,
+                            "p_value": p_value,
+                        }
+                    )
+    _add_holm(tests, family=lambda row: (row["dataset"], row["score"]))
+    return rows, tests, settings
+
+
+def _interval(row: dict) -> str:
+    text = _cell(row["mean"], row["std"])
+    return text if math.isnan(row["ci_low"]) else f"{text} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+
+def images_markdown(calibration: Sequence[Summary], rows: Sequence[dict], tests: Sequence[dict], settings: dict) -> str:
+    """Per dataset: ECE per cell, each per-image score per cell and class, and the per-image paired tests."""
+    lines: list[str] = []
+    datasets = list(dict.fromkeys([s.group[0] for s in calibration] + [r["dataset"] for r in rows]))
+    for dataset in datasets:
+        lines += ["", f"## {dataset}: calibration and per-image scores"]
+        cells = [s for s in calibration if s.group[0] == dataset]
+        if cells:
+            names = list(dict.fromkeys(m for s in cells for m in s.values))
+            header = [
+                "model",
+                "fraction",
+                "loss",
+                "n",
+                *(("top label" if m == "ece" else m.removeprefix("ece_")) for m in names),
+            ]
+            lines += ["", "ECE (%), top label and class-wise, mean ± std over runs [95 % bootstrap CI over runs]:", ""]
+            lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            for s in cells:
+                described = [
+                    {"mean": m, "std": sd, "ci_low": lo, "ci_high": hi}
+                    for m, sd, (lo, hi) in ((*s.mean_std(n), st.bootstrap_mean_ci(s.values[n])) for n in names)
+                ]
+                _, model, fraction, loss = s.group
+                lines.append(
+                    "| " + " | ".join([model, f"{fraction:g}", loss, str(s.n), *map(_interval, described)]) + " |"
+                )
+        ours = [r for r in rows if r["dataset"] == dataset]
+        if not ours:
+            continue
+        tolerance = settings.get(dataset, {}).get("nsd_tolerance")
+        lines += [
+            "",
+            "Per-image scores: mean ± sample std over images × runs [95 % bootstrap CI, images and runs resampled]; "
+            f"NSD at τ = {tolerance:g} px; a class absent from an image's target and prediction leaves its mean.",
+        ]
+        for score in SCORES:
+            score_rows = [r for r in ours if r["score"] == score]
+            if not score_rows:
+                continue
+            classes = list(dict.fromkeys(r["class"] for r in score_rows))
+            header = ["model", "fraction", "loss", "n", *classes]
+            lines += [
+                "",
+                f"### {SCORE_LABELS[score]}",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + " --- |" * len(header),
+            ]
+            by_group: dict[tuple, dict[str, dict]] = defaultdict(dict)
+            for r in score_rows:
+                by_group[r["model"], r["fraction"], r["loss"]][r["class"]] = r
+            for (model, fraction, loss), by_class in by_group.items():
+                n = next(iter(by_class.values()))["n"]
+                cells = [_interval(by_class[c]) if c in by_class else "–" for c in classes]
+                lines.append("| " + " | ".join([model, f"{fraction:g}", loss, str(n), *cells]) + " |")
+        paired = [t for t in tests if t["dataset"] == dataset]
+        if paired:
+            classes = list(dict.fromkeys(t["class"] for t in paired))
+            header = ["model", "fraction", "loss", "baseline", "score", *classes]
+            lines += [
+                "",
+                "### Paired per-image tests",
+                "",
+                "Δ = loss − baseline per test image (averaged over shared seeds), two-sided Wilcoxon p raw / "
+                "Holm-adjusted within the dataset and score.",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + " --- |" * len(header),
+            ]
+            by_comparison: dict[tuple, dict[str, dict]] = defaultdict(dict)
+            for t in paired:
+                by_comparison[t["model"], t["fraction"], t["loss"], t["baseline"], t["score"]][t["class"]] = t
+            for (model, fraction, loss, baseline, score), by_class in by_comparison.items():
+                cells = [
+                    f"{t['mean_diff']:+.2f} ({_p(t['p_value'])} / {_p(t['p_holm'])}, n={t['n_pairs']})" if t else "–"
+                    for t in (by_class.get(c) for c in classes)
+                ]
+                lines.append("| " + " | ".join([model, f"{fraction:g}", loss, baseline, score, *cells]) + " |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def aggregate(
     root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES, folders: Iterable[Path] | None = None
 ) -> dict[str, Path]:
@@ -246,12 +414,15 @@ def aggregate(
     out.mkdir(parents=True, exist_ok=True)
     paper = load_paper_tables(paper_tables) if paper_tables else {}
     summaries = summarize(results)
+    calibration = summarize(results, calibration_names)
     tests = paired_tests(results)
+    image_rows, image_tests, settings = image_statistics(results)
     summary_rows = []
-    for summary in summaries:
+    for summary in [*summaries, *calibration]:
         dataset, model, fraction, loss = summary.group
         for metric in summary.values:
             mean, std = summary.mean_std(metric)
+            low, high = st.bootstrap_mean_ci(summary.values[metric])
             paper_mean, paper_std = paper.get((*summary.group, metric), (math.nan, math.nan))
             summary_rows.append(
                 {
@@ -263,12 +434,35 @@ def aggregate(
                     "n": summary.n,
                     "mean": mean,
                     "std": std,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "level": "run",
+                    "n_values": sum(not math.isnan(v) for v in summary.values[metric]),
                     "paper_mean": paper_mean,
                     "paper_std": paper_std,
                 }
             )
-    files = {"summary": out / "summary.csv", "wilcoxon": out / "wilcoxon.csv", "markdown": out / "results.md"}
+    for row in image_rows:
+        summary_rows.append(
+            {
+                **{k: row[k] for k in ("dataset", "model", "fraction", "loss", "metric", "n", "mean", "std")},
+                "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"],
+                "level": "image",
+                "n_values": row["n_values"],
+                "paper_mean": math.nan,
+                "paper_std": math.nan,
+            }
+        )
+    files = {
+        "summary": out / "summary.csv",
+        "wilcoxon": out / "wilcoxon.csv",
+        "paired_images": out / "paired_images.csv",
+        "markdown": out / "results.md",
+    }
     _write_csv(files["summary"], summary_rows)
     _write_csv(files["wilcoxon"], tests)
-    write_text_atomic(files["markdown"], to_markdown(summaries, tests, paper))
+    _write_csv(files["paired_images"], image_tests)
+    markdown = to_markdown(summaries, tests, paper) + images_markdown(calibration, image_rows, image_tests, settings)
+    write_text_atomic(files["markdown"], markdown)
     return files

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 
+from lightning_seg.evaluation.records import write_per_image
 from lightning_seg.grid.aggregate import aggregate, collect, load_paper_tables, paired_tests, summarize
 from lightning_seg.grid.cli import main as grid_main
 from lightning_seg.run import Records
@@ -99,7 +101,10 @@ def test_files_in_the_papers_layout_beside_the_papers_numbers(grid_root, tmp_pat
     assert lines[ce_row] == "| unet | 1 | ce | 5 | 60.00 ± 1.58 | 90.00 ± 0.00 | 30.00 ± 3.16 |  |"
     # Table 2, U-Net full data, CE: 60.13±1.51, background 93.53±0.30, vessel 26.66±2.87
     assert lines[ce_row + 1] == "|  |  | *paper* |  | *60.13 ± 1.51* | *93.53 ± 0.30* | *26.66 ± 2.87* |  |"
-    assert "| unet | 1 | ml | 5 | 61.00 ± 1.58 | 90.00 ± 0.00 | – | ce 0.0625 (+1.00) |" in lines
+    # raw / Holm-adjusted over the dataset's two tests: 2·0.0625 = 0.125, then max(0.125, 0.1875)
+    assert "| unet | 1 | ml | 5 | 61.00 ± 1.58 | 90.00 ± 0.00 | – | ce 0.0625 / 0.125 (+1.00) |" in lines
+    caml_row = next(line for line in lines if line.startswith("| unet | 1 | caml |"))
+    assert caml_row.endswith("| ce 0.188 / 0.188 (+2.20) |")
 
     with open(out / "summary.csv", newline="") as handle:
         rows = {(r["loss"], r["metric"]): r for r in csv.DictReader(handle)}
@@ -107,10 +112,13 @@ def test_files_in_the_papers_layout_beside_the_papers_numbers(grid_root, tmp_pat
     assert float(rows["caml", "miou"]["paper_mean"]) == 63.00 and float(rows["caml", "miou"]["paper_std"]) == 1.40
     with open(out / "wilcoxon.csv", newline="") as handle:
         tests = list(csv.DictReader(handle))
-    assert [(t["loss"], t["baseline"], float(t["p_value"])) for t in tests] == [
-        ("ml", "ce", 0.0625),
-        ("caml", "ce", 0.1875),
+    assert [(t["loss"], t["baseline"], float(t["p_value"]), float(t["p_holm"])) for t in tests] == [
+        ("ml", "ce", 0.0625, 0.125),
+        ("caml", "ce", 0.1875, 0.1875),
     ]
+    # run-level rows carry a bootstrap interval over runs
+    assert rows["caml", "miou"]["level"] == "run"
+    assert float(rows["caml", "miou"]["ci_low"]) < 62.2 < float(rows["caml", "miou"]["ci_high"])
     assert not list(out.glob(".*.tmp"))
 
 
@@ -138,3 +146,85 @@ def test_nothing_to_aggregate_is_an_error(tmp_path, capsys):
         aggregate(tmp_path)
     assert grid_main(["aggregate", str(tmp_path)]) == 2
     assert "run the grid first" in capsys.readouterr().err
+
+
+def write_images(root: Path, loss: str, seed: int, vessel_dice: list[float], tolerance: float = 2.0) -> None:
+    """A CHASE run of fold 0 with per-image records: three test images, background Dice 0.9, the vessel's Dice
+    as given (NaN: the vessel is absent from that image's target and prediction), ECE 0.1 + seed/100."""
+    folder = root / "chase" / "unet" / loss / f"fold0_frac1_seed{seed}"
+    keys = {"dataset": "chase", "model": "unet", "loss": loss, "fraction": 1.0, "fold": 0, "seed": seed}
+    metrics = {
+        "test/miou": 0.6,
+        "test/ece": 0.1 + seed / 100,
+        "test/ece_background": 0.05,
+        "test/ece_retinal vessel": 0.2,
+    }
+    folder.mkdir(parents=True)
+    (folder / Records.RUN).write_text(json.dumps({"keys": keys, "settings": {}, "cell": "c0"}))
+    (folder / Records.RESULT).write_text(json.dumps({"keys": keys, "metrics": metrics, "cell": "c0"}))
+    rows = []
+    for index, vessel in enumerate(vessel_dice):
+        for name, dice in (("background", 0.9), ("retinal vessel", vessel)):
+            empty = math.isnan(dice)
+            rows.append(
+                {"id": f"Image_0{index}L", "sample_group": f"Image_0{index}L", "class": name,
+                 "case": "both_empty" if empty else "both_present", "target_pixels": 0 if empty else 10,
+                 "pred_pixels": 0 if empty else 10, "dice": dice, "iou": dice / (2 - dice), "hd95": 10 * (1 - dice),
+                 "nsd": dice, "cldice": dice if name == "retinal vessel" else math.nan}
+            )  # fmt: skip
+    write_per_image(folder / Records.PER_IMAGE, rows)
+    settings = {"nsd_tolerance": tolerance, "both_empty": "exclude", "calibration_bins": 15, "hd_percentile": 95.0}
+    (folder / Records.EVALUATION).write_text(json.dumps({"settings": settings}))
+
+
+@pytest.fixture
+def image_grid(tmp_path) -> Path:
+    root = tmp_path / "grid"
+    write_images(root, "ce", 0, [0.5, 0.6, math.nan])
+    write_images(root, "ce", 1, [0.7, 0.6, 0.4])
+    write_images(root, "caml", 0, [0.6, 0.7, math.nan])
+    write_images(root, "caml", 1, [0.8, 0.8, 0.4])
+    return root
+
+
+def test_per_image_metrics_are_summarised_over_images_and_runs(image_grid):
+    files = aggregate(image_grid, paper_tables=None)
+    with open(files["summary"], newline="") as handle:
+        rows = {(r["loss"], r["metric"]): r for r in csv.DictReader(handle)}
+    ce_vessel = rows["ce", "image_dice_retinal vessel"]
+    # 5 values (the both-empty image of seed 0 has none): 50, 60, 70, 60, 40
+    assert ce_vessel["level"] == "image" and ce_vessel["n"] == "2" and ce_vessel["n_values"] == "5"
+    assert float(ce_vessel["mean"]) == pytest.approx(56.0)
+    assert float(ce_vessel["std"]) == pytest.approx(statistics.stdev([50, 60, 70, 60, 40]))
+    assert float(ce_vessel["ci_low"]) <= 56.0 <= float(ce_vessel["ci_high"])
+    assert float(rows["ce", "image_hd95_retinal vessel"]["mean"]) == pytest.approx(4.4)  # in pixels, not percent
+    # the per-image mean over classes: image 2 of seed 0 has only the background
+    assert float(rows["ce", "image_dice"]["mean"]) == pytest.approx(statistics.fmean([70, 75, 90, 80, 75, 65]))
+    assert ("ce", "image_cldice_background") not in rows
+    # ECE per run, in percent, with an interval over runs
+    assert float(rows["ce", "ece"]["mean"]) == pytest.approx(10.5) and rows["ce", "ece"]["level"] == "run"
+
+
+def test_per_image_pairs_and_their_holm_family(image_grid):
+    files = aggregate(image_grid, paper_tables=None)
+    with open(files["paired_images"], newline="") as handle:
+        tests = {(t["metric"]): t for t in csv.DictReader(handle)}
+    vessel = tests["image_dice_retinal vessel"]
+    # per image, averaged over both seeds: +10 (0.7 vs 0.6), +15 (0.75 vs 0.6), 0 (0.4 vs 0.4; seed 0 empty)
+    assert vessel["n_pairs"] == "3" and float(vessel["mean_diff"]) == pytest.approx(25 / 3)
+    # one zero dropped, two positive: exact two-sided p = 2 · 1/4
+    assert float(vessel["p_value"]) == pytest.approx(0.5)
+    # Holm within (chase, dice): the vessel and mean tests share p 0.5 → 1; background has no difference
+    assert float(vessel["p_holm"]) == 1.0 and math.isnan(float(tests["image_dice_background"]["p_value"]))
+    markdown = files["markdown"].read_text()
+    assert "## chase: calibration and per-image scores" in markdown
+    assert "NSD at τ = 2 px" in markdown
+    assert "| unet | 1 | caml | ce | dice | " in markdown
+    assert "| unet | 1 | ce | 2 | 10.50 ± 0.71 [10.00, 11.00] | 5.00 ± 0.00 [5.00, 5.00] |" in markdown  # ECE
+
+
+def test_runs_evaluated_with_different_settings_are_not_pooled(tmp_path):
+    write_images(tmp_path, "ce", 0, [0.5], tolerance=2.0)
+    write_images(tmp_path, "ce", 1, [0.5], tolerance=1.0)
+    with pytest.raises(ValueError, match="were evaluated with different settings"):
+        aggregate(tmp_path, paper_tables=None)

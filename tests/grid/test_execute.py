@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shlex
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_seg.evaluation import read_per_image
 from lightning_seg.grid import Grid, RunFailed, execute_run, run_local, run_status
 from lightning_seg.grid.cli import main as grid_main
 from lightning_seg.grid.execute import LOG, GridReport, RunLocked, local_slots, run_lock
@@ -309,3 +311,14 @@ def test_the_reduced_preset_runs_on_the_real_data(dataset, require_data, tmp_pat
     classes = {"covid19": 4, "chase": 2, "drosophila": 5}[dataset]
     assert len([k for k in result["metrics"] if k.startswith("test/iou_")]) == classes
     assert result["keys"]["fraction"] == run.fraction and 0 <= result["metrics"]["test/miou"] <= 1
+    # every test scores each test image and class (one batch of 4 here), clDice only for the curvilinear class
+    rows = read_per_image(tmp_path / run.relpath / Records.PER_IMAGE)
+    assert len(rows) == 4 * classes and len({r["id"] for r in rows}) == 4
+    curvilinear = {"covid19": set(), "chase": {"retinal vessel"}, "drosophila": {"membrane"}}[dataset]
+    for row in rows:
+        scores = ["dice", "iou", "hd95", "nsd", *(["cldice"] if row["class"] in curvilinear else [])]
+        assert all(math.isnan(row[s]) for s in scores) == (row["case"] == "both_empty"), row
+        assert row["class"] in curvilinear or math.isnan(row["cldice"])
+    if dataset == "drosophila":  # tiles are grouped by the section they were cut from
+        assert all(row["sample_group"] == row["id"].split("/")[0] for row in rows)
+    assert 0 <= result["metrics"]["test/ece"] <= 1

@@ -25,6 +25,7 @@ CHASE = DatasetInfo(
     image_mode="RGB",
     native_size=(960, 999),
     class_names=("background", "retinal vessel"),
+    curvilinear_classes=("retinal vessel",),
     label_values={0: 0, 1: 1, 255: 1},  # 1-bit PNGs: PIL gives 0/1, other readers 0/255
     archives=(
         github_archive(

@@ -147,6 +147,10 @@ class FileDataModule(SegmentationDataModule):
         return self.info.class_names
 
     @property
+    def curvilinear_classes(self) -> tuple[str, ...]:
+        return self.info.curvilinear_classes
+
+    @property
     def in_channels(self) -> int:
         return self.info.in_channels
 

@@ -36,7 +36,7 @@ PANELS: list[tuple[str, str]] = [
     ("train/alpha", "step"),
     ("train/ce", "step"),
     ("train/dice_loss", "step"),
-    ("val/miou", "epoch"),
+    ("val/miou", "step"),
 ]
 #: (score, axis label) of the per-image panels of the test figure, in order.
 TEST_PANELS: list[tuple[str, str]] = [

@@ -217,10 +217,14 @@ def _p(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.3g}"
 
 
-def to_markdown(summaries: Sequence[Summary], tests: Sequence[dict], paper: dict) -> str:
-    """One table per dataset: model, fraction, loss rows as in the paper, each followed by the paper's row."""
+def to_markdown(
+    summaries: Sequence[Summary], tests: Sequence[dict], paper: dict, paper_model: str | None = None
+) -> str:
+    """One table per dataset: model, fraction, loss rows as in the paper, each followed by the paper's row
+    (of ``paper_model`` when given, whatever the runs' model)."""
+    source = "the paper's Tables 1-4" + (f", its {paper_model} rows beside every model" if paper_model else "")
     lines = [
-        "IoU in %, mean ± sample std over folds × seeds (n runs); *paper* rows: the paper's Tables 1-4.",
+        f"IoU in %, mean ± sample std over folds × seeds (n runs); *paper* rows: {source}.",
         "p: two-sided Wilcoxon signed-rank test of test mIoU against each baseline, paired by (fold, seed), raw / ",
         "Holm-adjusted over the tests of the dataset's table; with n pairs the smallest attainable p is 2/2^n",
         "(0.25 for 3 pairs, 6.1e-05 for 15).",
@@ -402,10 +406,15 @@ def images_markdown(calibration: Sequence[Summary], rows: Sequence[dict], tests:
 
 
 def aggregate(
-    root: Path, out: Path | None = None, paper_tables: Path | None = PAPER_TABLES, folders: Iterable[Path] | None = None
+    root: Path,
+    out: Path | None = None,
+    paper_tables: Path | None = PAPER_TABLES,
+    folders: Iterable[Path] | None = None,
+    paper_model: str | None = None,
 ) -> dict[str, Path]:
     """Aggregate the results under ``root`` (only those of ``folders`` if given) into ``out`` (default ``root``);
-    return the files written."""
+    return the files written. ``paper_model`` (e.g. ``"unet"``) sets the paper's rows of that model beside the
+    runs of every model, for runs of a variant the paper did not train (a narrower U-Net)."""
     results = collect(root, folders)
     if not results:
         raise FileNotFoundError(f"no {Records.RESULT} under {root}: run the grid first (lightning-seg-grid run …)")
@@ -413,6 +422,13 @@ def aggregate(
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     paper = load_paper_tables(paper_tables) if paper_tables else {}
+    if paper_model is not None:
+        if paper and paper_model not in {key[1] for key in paper}:
+            raise ValueError(
+                f"--paper-model {paper_model}: the paper has no such model; it has {sorted({k[1] for k in paper})}"
+            )
+        models = {record["keys"]["model"] for record in results}
+        paper = {(ds, m, *rest): v for (ds, model, *rest), v in paper.items() if model == paper_model for m in models}
     summaries = summarize(results)
     calibration = summarize(results, calibration_names)
     tests = paired_tests(results)
@@ -463,6 +479,8 @@ def aggregate(
     _write_csv(files["summary"], summary_rows)
     _write_csv(files["wilcoxon"], tests)
     _write_csv(files["paired_images"], image_tests)
-    markdown = to_markdown(summaries, tests, paper) + images_markdown(calibration, image_rows, image_tests, settings)
+    markdown = to_markdown(summaries, tests, paper, paper_model) + images_markdown(
+        calibration, image_rows, image_tests, settings
+    )
     write_text_atomic(files["markdown"], markdown)
     return files

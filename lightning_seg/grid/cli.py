@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     summary.add_argument("root", type=Path, help="output root of a grid, e.g. runs/grids/reduced")
     summary.add_argument("--out", type=Path, help="where to write results.md/summary.csv/wilcoxon.csv (default root)")
     summary.add_argument("--no-paper", action="store_true", help="leave out the paper's numbers")
+    summary.add_argument(
+        "--paper-model", help="set the paper's rows of this model (e.g. unet) beside every model of the runs"
+    )
     return main
 
 
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "aggregate":
-            files = aggregate(args.root, args.out, paper_tables=None if args.no_paper else PAPER_TABLES)
+            paper = None if args.no_paper else PAPER_TABLES
+            files = aggregate(args.root, args.out, paper_tables=paper, paper_model=args.paper_model)
             print(files["markdown"].read_text())
             print("\n".join(f"wrote {path}" for path in files.values()))
             return 0

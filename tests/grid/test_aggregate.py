@@ -228,3 +228,20 @@ def test_runs_evaluated_with_different_settings_are_not_pooled(tmp_path):
     write_images(tmp_path, "ce", 1, [0.5], tolerance=1.0)
     with pytest.raises(ValueError, match="were evaluated with different settings"):
         aggregate(tmp_path, paper_tables=None)
+
+
+def test_the_papers_rows_of_one_model_beside_runs_of_a_narrower_one(tmp_path):
+    for fold, caml in enumerate(CAML):
+        write_result(tmp_path, "caml", fold, 0, caml, {"background": 0.9}, model="unet_base_channels=8")
+    paper = load_paper_tables()
+    files = aggregate(tmp_path, paper_model="unet")
+    rows = list(csv.DictReader(files["summary"].open()))
+    (miou,) = [r for r in rows if r["loss"] == "caml" and r["metric"] == "miou"]
+    assert miou["model"] == "unet_base_channels=8"
+    assert float(miou["paper_mean"]) == paper[("chase", "unet", 1.0, "caml", "miou")][0]
+    assert "its unet rows beside every model" in files["markdown"].read_text()
+    # without the option the narrower model has no paper row
+    plain = list(csv.DictReader(aggregate(tmp_path, out=tmp_path / "plain")["summary"].open()))
+    assert all(math.isnan(float(r["paper_mean"])) for r in plain if r["metric"] == "miou")
+    with pytest.raises(ValueError, match="--paper-model vnet: the paper has no such model"):
+        aggregate(tmp_path, paper_model="vnet")

@@ -86,17 +86,23 @@ def _mean_std(runs: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.
     return xs, np.array([v.mean() for v in values]), np.array([v.std() for v in values])
 
 
-def compare(root: str | Path, out: str | Path) -> list[Path]:
-    """Write one PNG per dataset/model/fraction group of the runs under ``root``; return their paths."""
+def compare(root: str | Path, out: str | Path, losses: Sequence[str] | None = None) -> list[Path]:
+    """Write one PNG per dataset/model/fraction group of the runs under ``root`` (of the loss labels ``losses``
+    only, if given); return their paths.
+
+    Raises:
+        FileNotFoundError: no run with logs under ``root`` (of those losses).
+    """
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # no pyplot: no backend is chosen or changed (safe in notebooks)
 
-    runs = find_runs(root)
+    runs = [run for run in find_runs(root) if losses is None or run[0].loss in losses]
     if not runs:
-        raise FileNotFoundError(f"no run with logs/version_*/metrics.csv under {root}")
-    losses = sorted({keys.loss for keys, _, _ in runs})
-    cmap = colormaps["tab10" if len(losses) <= 10 else "tab20"]
-    colours = {loss: cmap(i % cmap.N) for i, loss in enumerate(losses)}
+        which = f" of the losses {', '.join(losses)}" if losses else ""
+        raise FileNotFoundError(f"no run{which} with logs/version_*/metrics.csv under {root}")
+    labels = sorted({keys.loss for keys, _, _ in runs})
+    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    colours = {loss: cmap(i % cmap.N) for i, loss in enumerate(labels)}
     cells = defaultdict(set)
     for keys, cell, _ in runs:
         cells[(keys.group, keys.loss)].add(cell)
@@ -231,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     )
     c.add_argument("root", help="runs root, e.g. runs/")
     c.add_argument("--out", required=True)
+    c.add_argument("--loss", action="append", help="only the runs of this loss label (repeatable)")
     args = parser.parse_args(argv)
-    paths = compare(args.root, args.out)
+    try:
+        paths = compare(args.root, args.out, args.loss)
+    except FileNotFoundError as error:
+        parser.exit(2, f"python -m lightning_seg.plots: error: {error}\n")
     for path in paths:
         print(path)
     return paths

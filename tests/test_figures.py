@@ -439,20 +439,27 @@ def test_compare_plots_from_fit_logs(runs_root, tmp_path):
     ]
     series = plots.read_metrics(runs_root / "ce" / "logs/version_0/metrics.csv")
     assert {m for m, _ in plots.PANELS} <= set(series)
-    # One row per training step: 2 epochs × 3 batches under SMALL_RUN.
-    assert len(series["train/p_bar"]) == 2 * 3 and sorted(series["val/miou"]) == [0, 1]
+    # One row per training step: 2 epochs × 3 batches under SMALL_RUN; validations after steps 3 and 6, logged
+    # at Lightning's step index of the last training step before them.
+    assert len(series["train/p_bar"]) == 2 * 3 and sorted(series["val/miou"]) == [2, 5]
     # A resumed run goes on in version_1: its curves join both logs.
     resumed = runs_root / "ml_half" / "logs"
     (resumed / "version_1").mkdir()
     (resumed / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n1,3,0.9\n2,5,0.6\n")
     (paths,) = [p for k, _, p in plots.find_runs(runs_root) if k.loss == "ml"]
     assert [p.parent.name for p in paths] == ["version_0", "version_1"]
-    assert plots.read_metrics(paths)["val/miou"] == {0: 0.3, 1: 0.9, 2: 0.6}
+    assert plots.read_metrics(paths)["val/miou"] == {1: 0.3, 3: 0.9, 5: 0.6}
 
     paths = plots.main(["compare", str(runs_root), "--out", str(tmp_path / "plots")])
     assert sorted(p.name for p in paths) == [f"synthetic_{MODEL}_frac0.5.png", f"synthetic_{MODEL}_frac1.png"]
     for path in paths:
         assert_png(path, 300)
+    # --loss keeps the runs of those labels only
+    only_ml = plots.main(["compare", str(runs_root), "--out", str(tmp_path / "ml"), "--loss", "ml"])
+    assert [p.name for p in only_ml] == [f"synthetic_{MODEL}_frac0.5.png"]
+    with pytest.raises(SystemExit) as exit_info:
+        plots.main(["compare", str(runs_root), "--out", str(tmp_path / "none"), "--loss", "focal"])
+    assert exit_info.value.code == 2
 
 
 def test_compare_draws_the_per_image_test_scores_of_tested_runs(runs_root, tmp_path):

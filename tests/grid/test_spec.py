@@ -85,7 +85,7 @@ def test_overrides_come_after_the_grids_args_and_make_other_runs(tmp_path):
 
 def test_shipped_loss_variants_are_named_by_the_label_their_config_gets():
     """Grid names are handles, labels come from the config; the shipped grids use the labels, so they read alike."""
-    for name in ("paper", "reduced", "synthetic"):
+    for name in ("paper", "reduced", "synthetic", "pilot-cpu", "demo"):
         grid = Grid.load(GRIDS / f"{name}.yaml")
         named = {variant for variant in grid.variants.get("loss", {})}
         labels = {run.loss for run in grid.runs()}

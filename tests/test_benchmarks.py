@@ -8,18 +8,17 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKING = REPO / "benchmarks" / "packing.py"
 
-
-def load_packing():
-    spec = importlib.util.spec_from_file_location("benchmark_packing", PACKING)
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_packed_throughput_counts_steps_inside_the_common_window():
-    packing = load_packing()
+    packing = load_benchmark("packing")
     # Worker A: 4 steps of 1 s from t=0; worker B: 2 steps of 2 s from t=0.5. Common window [0.5, 4] (3.5 s):
     # A completes 4 - 0.5 = 3.5 steps in it, B 1 + (4 - 2.5) / 2 = 1.75 steps; 5.25 steps × 4 images = 21 images.
     result = packing.packed_throughput([[0, 1, 2, 3, 4], [0.5, 2.5, 4.5]], batch=4)
@@ -34,7 +33,7 @@ def test_packed_throughput_counts_steps_inside_the_common_window():
 
 
 def test_packed_throughput_invalid_windows():
-    packing = load_packing()
+    packing = load_benchmark("packing")
     disjoint = packing.packed_throughput([[0, 1, 2], [3, 4, 5]], batch=4)
     assert disjoint["aggregate"] is None and "do not overlap" in disjoint["error"]
     # Window [9, 10] = 1 s against a median span of 10 s.
@@ -47,7 +46,17 @@ def test_packed_throughput_invalid_windows():
 
 def test_packing_cpu_smoke(tmp_path):
     output = tmp_path / "results.md"
-    command = [sys.executable, str(PACKING), "--device", "cpu", "--size", "32", "--packs", "1", "2"]
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "packing.py"),
+        "--device",
+        "cpu",
+        "--size",
+        "32",
+        "--packs",
+        "1",
+        "2",
+    ]
     command += ["--steps", "3", "--warmup", "1", "--base-channels", "4", "--min-overlap", "0"]
     command += ["--output", str(output), "--date", "2000-01-01"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -106,18 +115,8 @@ def test_losses_cpu_smoke(tmp_path):
     assert rows["F.cross_entropy"][6] == "1.00×"
 
 
-OVERHEAD = REPO / "benchmarks" / "overhead.py"
-
-
-def load_overhead():
-    spec = importlib.util.spec_from_file_location("benchmark_overhead", OVERHEAD)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_overhead_phases_split_the_wall_time():
-    overhead = load_overhead()
+    overhead = load_benchmark("overhead")
     # process 0-20 s; fit from 4, training 6-16; steps of 1 s at 6, 8 (epoch 0) and 11, 13 (epoch 1);
     # a validation 9-10.5 holding a checkpoint write 10-10.5, another write 14.5-15 outside it
     clock = {
@@ -147,7 +146,7 @@ def test_step_clock_records_a_fit(tmp_path):
     from lightning_seg import SegmentationModule
     from lightning_seg.callbacks import RunCheckpoint
 
-    overhead = load_overhead()
+    overhead = load_benchmark("overhead")
     data = [{"image": torch.randn(1, 8, 8), "mask": torch.randint(0, 2, (8, 8))} for _ in range(4)]
     clock = overhead.StepClock(str(tmp_path / "clock.json"))
     trainer = L.Trainer(

@@ -68,8 +68,8 @@ DATASETS = {
         0.125,
         lambda s: [f"--data.init_args.image_size={1024 // s}", f"--data.init_args.crop_size={256 // s}"],
     ),
-    "covid19": (0.125, lambda s: [f"--data.init_args.image_size={256 // s}"]),
-    "chase": (0.25, lambda s: [f"--data.init_args.image_size={256 // s}"]),
+    "covid19": (0.125, lambda s: [f"--data.init_args.image_size={256 // s}", f"--data.init_args.crop_size={224 // s}"]),
+    "chase": (0.25, lambda s: [f"--data.init_args.image_size={256 // s}", f"--data.init_args.crop_size={224 // s}"]),
 }
 #: where the child processes find :class:`StepClock` (this file, imported as ``overhead``)
 CLOCK = "overhead.StepClock"
@@ -302,7 +302,8 @@ def run_lightning(dataset: str, args: argparse.Namespace, root: Path) -> dict:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
         end = now()
     if done.returncode != 0:
-        raise RuntimeError(f"lightning run failed ({done.returncode}); see {root / 'stdout.log'}")
+        tail = "\n".join((root / "stdout.log").read_text().splitlines()[-15:])
+        raise RuntimeError(f"lightning run failed ({done.returncode}); the end of its output:\n{tail}")
     return phases(json.loads(clock_file.read_text()), (start, end))
 
 

@@ -334,7 +334,7 @@ class SegmentationCLI(LightningCLI):
 
     def resolved_config(self) -> dict:
         parser = self._parser(self.subcommand)
-        return yaml.safe_load(parser.dump(self.active_config, skip_none=False, skip_check=True))
+        return yaml.safe_load(parser.dump(self.active_config, skip_none=False, skip_validation=True))
 
     def _check_names(self, config: Namespace) -> None:
         model_args = config.model.init_args

@@ -12,6 +12,7 @@ and its validation mIoU over training.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,9 +50,9 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
     rows = list(dict.fromkeys(name for ious in table.values() for name in ious if name != "mIoU")) + ["mIoU"]
     lines = ["| test IoU (%) | " + " | ".join(losses) + " |", "|---|" + "---:|" * len(losses)]
     for row in rows:
-        values = [table[loss].get(row, float("nan")) for loss in losses]
-        best = max((v for v in values if v == v), default=None)
-        cells = ["–" if v != v else (f"**{v:.1f}**" if v == best else f"{v:.1f}") for v in values]
+        values = [table[loss].get(row, math.nan) for loss in losses]
+        best = max((v for v in values if not math.isnan(v)), default=None)
+        cells = ["–" if math.isnan(v) else (f"**{v:.1f}**" if v == best else f"{v:.1f}") for v in values]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(
                 f"--grid {args.grid}: no such file (run from the repository root, or name the grid)"
             )
+        if args.parallel < 1:
+            raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
         runs = Grid.load(args.grid).runs(args.set)
         out = args.out.resolve()
         print(

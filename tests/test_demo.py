@@ -74,3 +74,5 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("lightning-seg-demo: error: --grid ") and "no such file" in err and "\n" not in err
     assert demo.main(["--grid", str(GRID), "--out", str(tmp_path), "--set", "nokey"]) == 2
     assert "'nokey' is not key=value" in capsys.readouterr().err
+    assert demo.main(["--grid", str(GRID), "--out", str(tmp_path), "--parallel", "0"]) == 2
+    assert capsys.readouterr().err == "lightning-seg-demo: error: --parallel must be at least 1, got 0\n"

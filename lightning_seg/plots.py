@@ -3,8 +3,8 @@
 ``python -m lightning_seg.plots compare RUNS_ROOT --out DIR`` reads the ``logs/version_*/metrics.csv`` of every
 run folder under ``RUNS_ROOT`` (:func:`lightning_seg.run.find_run_folders`; its keys from its ``run.json``) and
 writes one figure per dataset/model/fraction group, ``DIR/<data>_<model>_frac<f>.png``: per training step
-``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss``, and ``val/miou`` per
-epoch, one line per loss (one colour per loss, the same in every figure). Runs of the same loss and settings in
+``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss``, and ``val/miou`` at
+each validation, one line per loss (one colour per loss, the same in every figure). Runs of the same loss and settings in
 a group (folds, seeds) are averaged, with a ± 1 std band; runs of other settings get a line of their own,
 labelled with their cell (:attr:`lightning_seg.run.RunIdentity.cell`).
 
@@ -49,7 +49,7 @@ TEST_PANELS: list[tuple[str, str]] = [
 
 def read_metrics(paths: str | Path | Sequence[str | Path]) -> dict[str, dict[int, float]]:
     """``{metric: {x: value}}`` of one Lightning ``metrics.csv`` or several read in order (a resumed run goes on
-    in ``logs/version_1``, …; later values win). x = step for ``train/*`` panels, epoch for the rest."""
+    in ``logs/version_1``, …; later values win). x = the step for every panel (validations are counted in steps)."""
     series: dict[str, dict[int, float]] = defaultdict(dict)
     for path in [paths] if isinstance(paths, str | Path) else paths:
         with Path(path).open(newline="") as f:

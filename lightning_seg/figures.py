@@ -47,6 +47,7 @@ import torch
 from .callbacks.checkpoint import inspect_checkpoint
 from .losses import build_loss
 from .losses.paper import AlphaGrad, PBar
+from .prediction import predicted_classes
 from .run import RunFolder
 
 #: Label → (registry name, arguments) of the losses in the gradient figures.
@@ -815,7 +816,7 @@ def overlay_figure(
     images, masks = torch.cat(images)[:num_images], torch.cat(masks)[:num_images]
     (model_a, label_a), (model_b, label_b) = _load_weights(module, ckpt_a), _load_weights(module, ckpt_b)
     with torch.no_grad():
-        pred_a, pred_b = model_a(images).argmax(1).numpy(), model_b(images).argmax(1).numpy()
+        pred_a, pred_b = (predicted_classes(model(images)).numpy() for model in (model_a, model_b))
     num_classes = module.hparams.num_classes
     ignore_index = module.hparams.ignore_index
 

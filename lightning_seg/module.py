@@ -20,6 +20,7 @@ from .evaluation.test_time import (
 )
 from .losses import SegmentationLoss, build_loss
 from .models import build_model
+from .prediction import predicted_classes
 
 EVALUATION_SPLITS = ("val", "test")
 
@@ -164,6 +165,9 @@ class SegmentationModule(L.LightningModule):
         )
         # Attributes, not a ModuleDict: a key "train" would shadow nn.Module.train.
         self.train_metrics = metrics.clone(prefix="train/")
+        # In checkpoints: a run resumed from last.ckpt logs the train/* values of the same window of batches
+        # (since the previous validation) as a run never stopped. Older checkpoints without them still load.
+        self.train_metrics.persistent(True)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         #: evaluation split -> (Σ loss × batch size, Σ batch size) of the batches so far, on the device
@@ -180,7 +184,7 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         target = batch["mask"]
         loss = self.loss(logits, target)
-        self.split_metrics(split).update(logits.argmax(dim=1), target)
+        self.split_metrics(split).update(predicted_classes(logits), target)
         batch_size = target.shape[0]
         if split == "train":
             if is_logging_step(self.trainer):

@@ -26,6 +26,7 @@ from typing import Literal
 from torch import Tensor
 
 from ..atomic import write_json_atomic
+from ..prediction import predicted_classes
 from ..run import Records, RunFolder
 from .calibration import DEFAULT_BINS, CalibrationHistogram, reliability_diagram
 from .metrics import HD_PERCENTILE, image_scores
@@ -115,7 +116,7 @@ class TestEvaluation:
         if len(ids) != len(target):
             raise ValueError(f"got {len(ids)} ids for a batch of {len(target)}")
         self.calibration.update(logits, target, self.ignore_index)
-        preds = logits.detach().argmax(dim=1).cpu().numpy()
+        preds = predicted_classes(logits.detach()).cpu().numpy()
         targets = target.detach().cpu().numpy()
         curvilinear = {self.class_names.index(name) for name in self.curvilinear_classes}
         for sample_id, pred, mask in zip(ids, preds, targets, strict=True):

@@ -117,6 +117,22 @@ def test_train_metrics_cover_the_steps_since_the_previous_validation():
     np.testing.assert_allclose(seen[1], hand_iou(preds[2:], masks[2:], 3, 255), rtol=1e-6)
 
 
+def test_the_train_metrics_window_is_saved_and_restored_with_the_weights():
+    module = SegmentationModule(model="tiny", loss="ce", num_classes=3)
+    target = torch.tensor([[[0, 1, 2, 2]]])
+    module.train_metrics.update(torch.tensor([[[0, 1, 1, 2]]]), target)
+    state = module.state_dict()
+    assert torch.equal(state["train_metrics.iou.confmat"], torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1]]))
+    assert not any(key.startswith(("val_metrics", "test_metrics")) for key in state)  # reset at every use
+    resumed = SegmentationModule(model="tiny", loss="ce", num_classes=3)
+    resumed.load_state_dict(state)
+    resumed.train_metrics.update(torch.tensor([[[0, 1, 2, 2]]]), target)
+    iou = resumed.train_metrics.compute()["train/iou"]
+    assert torch.allclose(iou, torch.tensor([1.0, 2 / 3, 3 / 4]))  # both batches: TP 2, 2, 3
+    weights_only = {k: v for k, v in state.items() if not k.startswith("train_metrics")}
+    SegmentationModule(model="tiny", loss="ce", num_classes=3).load_state_dict(weights_only)  # older checkpoints
+
+
 def test_evaluation_loss_is_the_mean_over_samples():
     torch.manual_seed(0)
     images, masks = torch.randn(3, 1, 8, 8), torch.randint(0, 3, (3, 8, 8))

@@ -50,6 +50,8 @@ class NonFiniteGuard(Callback):
     every gradient once) and one device→host synchronisation for the verdict. The diagnosis after a failure
     costs more and runs once.
 
+    The count of bad steps in a row is part of ``last.ckpt``: a resumed run goes on counting.
+
     Configured in the CLI under ``nonfinite:``; ``--nonfinite.patience=0`` turns the check off.
 
     Args:
@@ -63,6 +65,12 @@ class NonFiniteGuard(Callback):
         self.bad_in_a_row = 0
         self._batch = None
         self._batch_idx = -1
+
+    def state_dict(self) -> dict:
+        return {"bad_in_a_row": self.bad_in_a_row}  # in last.ckpt: a resumed run goes on counting
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.bad_in_a_row = state_dict.get("bad_in_a_row", 0)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._batch, self._batch_idx = batch, batch_idx  # a reference, kept for the diagnosis only

@@ -87,6 +87,21 @@ def test_patience_skips_bad_steps_until_too_many_in_a_row(tmp_path):
         stopped.fit(tiny_module(), datamodule=NaNImages({1, 2}))
 
 
+def test_the_count_of_bad_steps_is_in_checkpoints_and_goes_on_after_a_resume(tmp_path):
+    guard = NonFiniteGuard(patience=3)
+    trainer = tiny_trainer(tmp_path, [guard], max_epochs=1, limit_train_batches=2)
+    with pytest.warns(UserWarning, match=r"update skipped \(1 of --nonfinite.patience=3\)"):
+        trainer.fit(tiny_module(), datamodule=NaNImages({1}))  # the last step is bad: one in a row
+    trainer.save_checkpoint(tmp_path / "state.ckpt")
+    states = torch.load(tmp_path / "state.ckpt", weights_only=True)["callbacks"]
+    assert states[guard.state_key] == {"bad_in_a_row": 1}
+    resumed = NonFiniteGuard(patience=3)
+    resumed.load_state_dict(states[guard.state_key])
+    again = tiny_trainer(tmp_path, [resumed], max_epochs=1)
+    with pytest.raises(NonFiniteError, match="at step 1 "), pytest.warns(UserWarning, match=r"\(2 of "):
+        again.fit(tiny_module(), datamodule=NaNImages({0, 1}))  # the 2nd and 3rd in a row
+
+
 def test_patience_zero_turns_the_check_off(tmp_path):
     trainer = tiny_trainer(tmp_path, [NonFiniteGuard(patience=0)], max_epochs=1)
     trainer.fit(tiny_module(optimizer=sgd(1e30)), datamodule=tiny_data())

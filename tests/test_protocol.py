@@ -61,6 +61,16 @@ def test_every_dataset_config_sets_a_step_budget_with_the_same_number_of_validat
     assert budget(demo) == budgets["synthetic"]
 
 
+@pytest.mark.parametrize("name", DATASETS)
+def test_an_epoch_is_at_least_a_validation_interval_and_one_pass_in_the_epoch_form(name):
+    cli_parser = parser()
+    steps = cli_parser.parse_args(compose("base.yaml", f"data/{name}.yaml"))
+    assert steps.data.init_args.min_epoch_steps == steps.trainer.val_check_interval
+    epochs = cli_parser.parse_args(compose("base.yaml", f"data/{name}.yaml", "trainer/epochs.yaml"))
+    assert epochs.data.init_args.min_epoch_steps == 1
+    assert epochs.data.class_path == steps.data.class_path  # the epoch form changes the option, not the data
+
+
 @pytest.mark.parametrize("name", ["paper", "reduced", "synthetic"])
 def test_every_fraction_of_a_dataset_gets_the_same_steps_and_validations(name):
     """Each run's config files and trainer overrides go through the CLI's own parser, once per distinct set
@@ -100,6 +110,7 @@ def test_a_step_budget_validates_on_schedule_when_an_epoch_is_shorter_than_the_i
     # 1/8 of the 24 synthetic training images: 3 images, one batch, so an epoch is one step
     args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml"), *TINY_FIT]
     args += ["--data.init_args.train_fraction=0.125", "--trainer.max_steps=6", "--trainer.val_check_interval=2"]
+    args += ["--data.init_args.min_epoch_steps=1"]  # an epoch of one pass
     cli = build_cli(["fit", *args, f"--trainer.default_root_dir={tmp_path}"])
     assert len(cli.datamodule.train_dataloader()) == 1
     assert cli.trainer.global_step == 6 and cli.trainer.current_epoch == 6
@@ -108,11 +119,23 @@ def test_a_step_budget_validates_on_schedule_when_an_epoch_is_shorter_than_the_i
     assert {"train/miou", "val/miou", "val/loss"} <= set(cli.trainer.callback_metrics)
 
 
+def test_epochs_of_several_passes_keep_the_step_schedule(tmp_path):
+    # 1/4 of the 24 synthetic training images: 6 images, 2 steps per pass; epochs of 2 passes, 4 steps
+    args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml"), *TINY_FIT]
+    args += ["--data.init_args.train_fraction=0.25", "--data.init_args.min_epoch_steps=3"]
+    args += ["--trainer.max_steps=12", "--trainer.val_check_interval=3"]
+    cli = build_cli(["fit", *args, f"--trainer.default_root_dir={tmp_path}"])
+    assert len(cli.datamodule.train_dataloader()) == 4
+    assert cli.trainer.global_step == 12 and cli.trainer.current_epoch == 3
+    assert validation_steps(tmp_path) == [2, 5, 8, 11]  # every 3 steps, within and across epochs
+
+
 def test_the_epoch_form_validates_after_every_epoch(tmp_path):
     epochs = CONFIGS / "trainer" / "epochs.yaml"
     assert yaml.safe_load(epochs.read_text())["trainer"]["max_epochs"] == 200
     args = [*compose("base.yaml", "data/synthetic.yaml", "losses/ce.yaml", "trainer/epochs.yaml"), *TINY_FIT]
     args += ["--data.init_args.train_fraction=0.5", "--trainer.max_epochs=3"]  # 12 images: 3 steps per epoch
     cli = build_cli(["fit", *args, f"--trainer.default_root_dir={tmp_path}"])
+    assert len(cli.datamodule.train_dataloader()) == 3  # one pass
     assert cli.trainer.global_step == 9
     assert validation_steps(tmp_path) == [2, 5, 8]

@@ -21,7 +21,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from .splits import Fold, subset
 
@@ -59,6 +59,45 @@ class SegmentationDataset(Dataset):
         }
 
 
+class MultiPassBatchSampler(BatchSampler):
+    """The batches of ``passes`` passes over ``sampler`` as one epoch, each pass drawn afresh.
+
+    Each pass is :class:`~torch.utils.data.BatchSampler`'s (its last batch partial unless ``drop_last``): a
+    batch never mixes two passes, so a step sees what it would see in an epoch of one pass. A
+    :class:`~torch.utils.data.RandomSampler` draws a new permutation per pass; with ``passes=1`` the batches are
+    those of ``DataLoader(shuffle=True)`` under the same seed. A sampler that orders by epoch (``set_epoch``,
+    as the :class:`~torch.utils.data.DistributedSampler` Lightning puts in under several processes) gets the
+    epoch ``epoch · passes + pass`` for each pass, so the passes differ there too; its epoch is set back after.
+
+    Why: under a step budget a small training set (CHASE 1/4: 4 images, one step) would otherwise end an epoch
+    every step, and each epoch end costs Lightning's bookkeeping and the loader's restart, which waits for a
+    first batch; long epochs keep the loader's workers ahead of the steps (benchmarks/README.md).
+
+    Raises:
+        ValueError: ``passes`` < 1.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, passes: int = 1) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        if passes < 1:
+            raise ValueError(f"passes must be ≥ 1, got {passes}")
+        self.passes = passes
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", None) if hasattr(self.sampler, "set_epoch") else None
+        try:
+            for index in range(self.passes):
+                if epoch is not None:
+                    self.sampler.set_epoch(epoch * self.passes + index)
+                yield from super().__iter__()
+        finally:
+            if epoch is not None:
+                self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.passes * super().__len__()
+
+
 class SegmentationDataModule(L.LightningDataModule, ABC):
     """Base DataModule: fold ``fold`` of the dataset's splits, ``train_fraction`` of its training set.
 
@@ -74,6 +113,10 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         crop_size: side of the random training crop; ``None`` for no crop. Evaluation always sees whole images.
         subset_seed: seed of the training-fraction draw (fixed, so every run of a fraction sees the same images).
         ignore_index: mask value for unlabelled pixels, excluded from losses and metrics.
+        min_epoch_steps: a training epoch is the fewest whole passes over the training set (each in a new
+            random order) that make at least this many steps; 1: one pass, the classic epoch. The data configs
+            set their validation interval, so that a small training set does not end an epoch every step
+            (:class:`MultiPassBatchSampler`); the epoch form (``configs/trainer/epochs.yaml``) sets 1.
     """
 
     #: class names, index order (the paper's tables); their number is the model's output channels
@@ -94,10 +137,13 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         crop_size: int | None = None,
         subset_seed: int = 0,
         ignore_index: int = 255,
+        min_epoch_steps: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if min_epoch_steps < 1:
+            raise ValueError(f"min_epoch_steps must be ≥ 1, got {min_epoch_steps}")
         if crop_size is not None and crop_size < 1:
             raise ValueError(f"crop_size must be ≥ 1 or None, got {crop_size}")
         if not 0.0 < train_fraction <= 1.0:
@@ -116,6 +162,7 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         self.crop_size = crop_size
         self.subset_seed = subset_seed
         self.ignore_index = ignore_index
+        self.min_epoch_steps = min_epoch_steps
         self.datasets: dict[str, SegmentationDataset] = {}
 
     @property
@@ -165,21 +212,25 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
             "test": SegmentationDataset(ids["test"], self.load_sample),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, **batching) -> DataLoader:
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled batches, an epoch of ``ceil(min_epoch_steps / steps per pass)`` passes."""
+        dataset = self.datasets["train"]
+        steps_per_pass = -(-len(dataset) // self.batch_size)
+        passes = -(-self.min_epoch_steps // steps_per_pass) if steps_per_pass else 1
+        batches = MultiPassBatchSampler(RandomSampler(dataset), self.batch_size, drop_last=False, passes=passes)
+        return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", batch_size=self.batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", batch_size=self.batch_size, shuffle=False)

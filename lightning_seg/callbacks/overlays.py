@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from ..prediction import predicted_classes
+
 #: Fixed class colours (RGB): class ``c`` is ``PALETTE[c % len(PALETTE)]``, the same in every run and figure.
 PALETTE = np.array(
     [
@@ -59,61 +61,76 @@ def overlay_strip(
 
 
 class PredictionOverlays(Callback):
-    """Every ``every_n_epochs`` validation epochs, show the first ``num_images`` validation samples.
+    """Every ``every_n_validations``-th validation of a fit, show the first ``num_images`` validation samples.
 
     Each sample is a strip image | ground truth | prediction coloured with :data:`PALETTE`. The strips,
-    stacked, are saved as ``<trainer.default_root_dir>/overlays/epoch<NNN>.png`` whatever the loggers;
-    every :class:`~lightning.pytorch.loggers.WandbLogger` also gets them as ``val/overlays`` images.
-    Nothing is drawn during the sanity check. Predictions come from one extra forward pass over the
-    kept samples, in eval mode.
+    stacked, are saved as ``<trainer.default_root_dir>/overlays/step<NNNNNN>.png`` (the optimizer step of the
+    validation: unique, as an epoch number is not when an epoch holds several validations) whatever the
+    loggers; every :class:`~lightning.pytorch.loggers.WandbLogger` also gets them as ``val/overlays`` images.
+    Nothing is drawn during the sanity check or a bare ``validate``. Predictions come from one extra forward
+    pass over the kept samples, in eval mode.
+
+    Raises:
+        ValueError: ``num_images`` or ``every_n_validations`` < 1.
     """
 
-    def __init__(self, num_images: int = 4, every_n_epochs: int = 1, key: str = "val/overlays") -> None:
-        if num_images < 1 or every_n_epochs < 1:
-            raise ValueError("num_images and every_n_epochs must be ≥ 1")
+    def __init__(self, num_images: int = 4, every_n_validations: int = 1, key: str = "val/overlays") -> None:
+        if num_images < 1 or every_n_validations < 1:
+            raise ValueError(
+                f"num_images and every_n_validations must be ≥ 1, got {num_images} and {every_n_validations}"
+            )
         self.num_images = num_images
-        self.every_n_epochs = every_n_epochs
+        self.every_n_validations = every_n_validations
         self.key = key
         self._images: list[torch.Tensor] = []
         self._masks: list[torch.Tensor] = []
+        #: validations seen (the sanity check not counted), and whether the current one draws
+        self._validations = 0
+        self._drawing = False
 
-    def _active(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
+    def state_dict(self) -> dict:
+        return {"validations": self._validations}  # in last.ckpt: a resumed run draws at the same validations
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._validations = state_dict.get("validations", 0)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images, self._masks = [], []
+        self._drawing = not trainer.sanity_checking and self._validations % self.every_n_validations == 0
+        if not trainer.sanity_checking:
+            self._validations += 1
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         have = sum(len(x) for x in self._images)
-        if not self._active(trainer) or dataloader_idx != 0 or have >= self.num_images:
+        if not self._drawing or dataloader_idx != 0 or have >= self.num_images:
             return
         take = self.num_images - have
         self._images.append(batch["image"][:take].detach())
         self._masks.append(batch["mask"][:take].detach())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active(trainer) or not self._images:
+        if not self._drawing or not self._images:
             return
         images = torch.cat(self._images)
         masks = torch.cat(self._masks)
         self._images, self._masks = [], []
         with torch.no_grad():
-            preds = pl_module(images).argmax(dim=1)
+            preds = predicted_classes(pl_module(images))
         ignore_index = getattr(pl_module.hparams, "ignore_index", 255) if hasattr(pl_module, "hparams") else 255
         strips = [
             overlay_strip(i.float().cpu().numpy(), m.cpu().numpy(), p.cpu().numpy(), ignore_index)
             for i, m, p in zip(images, masks, preds, strict=True)
         ]
         if trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / "overlays" / f"epoch{trainer.current_epoch:03d}.png"
+            path = Path(trainer.default_root_dir) / "overlays" / f"step{trainer.global_step:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             gap = np.full((2, strips[0].shape[1], 3), 255, dtype=np.uint8)
             rows = [x for strip in strips for x in (strip, gap)][:-1]
             Image.fromarray(np.concatenate(rows, axis=0)).save(path)
         captions = [
-            f"epoch {trainer.current_epoch}, sample {i}: image | ground truth | prediction" for i in range(len(strips))
+            f"step {trainer.global_step}, sample {i}: image | ground truth | prediction" for i in range(len(strips))
         ]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

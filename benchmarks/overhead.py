@@ -15,9 +15,10 @@ the validations, the checkpoint writes (``Trainer.save_checkpoint``), the sanity
 epoch of every step, in wall time and in CPU time of the main thread. The parent times the process from
 start to exit. A row gives:
 
-* ``step CPU ms``: median training step in CPU time of the main thread, Lightning and the plain loop
-  (below), and ``module overhead``, their ratio minus 1: the work the module and Lightning add inside a step
-  (logging, metric updates, hooks, progress bar). CPU time, unlike wall time, does not grow when other
+* ``step CPU ms``: median training step in CPU time of the main thread, Lightning, bare Lightning and the
+  plain loop (below), and ``module overhead``, the ratio Lightning / plain minus 1: the work the module and
+  Lightning add inside a step (logging, metric updates, hooks, progress bar); ``of which bare Lightning``:
+  bare Lightning / plain minus 1, the part that Lightning's loop costs by itself, whatever the module does. CPU time, unlike wall time, does not grow when other
   processes share the cores, so this ratio holds on a busy machine; ``step wall ms`` is the same in wall time;
 * ``outside steps``: the share of the training phase's wall time (``on_train_start`` to ``on_train_end``)
   spent outside training steps, split into ``validation`` (without the checkpoint writes it triggers),
@@ -34,7 +35,12 @@ The plain loop (``--worker plain``) builds the same model, data module and loss 
 steps, with nothing else: no logging, metrics, callbacks or validation. Its step runs from the batch in hand
 to the end of ``optimizer.step()``, timed as the Lightning step is.
 
-Runs alternate (Lightning, plain) per dataset, ``--repeats`` times; each figure is the median over repeats.
+Bare Lightning (``--worker bare``) trains the same model, data and loss with a minimal LightningModule (the
+loss in ``training_step``, Adam 1e-3) in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar
+or validation, in the same ``deterministic`` mode, timed by :class:`StepClock` as the real run is.
+
+Runs alternate (Lightning, bare Lightning, plain) per dataset, ``--repeats`` times; each figure is the median
+over repeats.
 Results are printed as Markdown and, with ``--output FILE``, appended to a file.
 
 Examples::
@@ -74,10 +80,11 @@ DATASETS = {
 #: where the child processes find :class:`StepClock` (this file, imported as ``overhead``)
 CLOCK = "overhead.StepClock"
 HEADER = (
-    "| date | dataset (fraction) | steps | validations | step CPU ms: Lightning / plain | module overhead "
-    "| step wall ms: Lightning / plain | outside steps | validation | checkpoint | epoch ends | between steps "
+    "| date | dataset (fraction) | steps | validations | step CPU ms: Lightning / bare Lightning / plain "
+    "| module overhead | of which bare Lightning | step wall ms: Lightning / plain | outside steps | validation "
+    "| checkpoint | epoch ends | between steps "
     "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -307,19 +314,21 @@ def run_lightning(dataset: str, args: argparse.Namespace, root: Path) -> dict:
     return phases(json.loads(clock_file.read_text()), (start, end))
 
 
-def run_plain(dataset: str, args: argparse.Namespace, root: Path, steps: int) -> dict:
-    command = [sys.executable, __file__, "--worker", "plain", "--datasets", dataset, "--steps", str(steps)]
+def run_baseline(worker: str, dataset: str, args: argparse.Namespace, root: Path, steps: int) -> dict:
+    """One of the baselines (``plain`` or ``bare``) in a child process, for ``steps`` steps."""
+    command = [sys.executable, __file__, "--worker", worker, "--datasets", dataset, "--steps", str(steps)]
     command += ["--data-dir", str(args.data_dir), "--scale", str(args.scale), "--loss", args.loss]
     command += ["--model", args.model, "--model-kwargs", json.dumps(args.model_kwargs), "--root", str(root)]
     command += [f"--set={item}" for item in args.set]
     done = subprocess.run(command, capture_output=True, text=True, env=child_env(args), cwd=REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"plain loop failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{worker} baseline failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def plain_worker(args: argparse.Namespace) -> None:
-    """The same model, data and loss as the Lightning run, trained by a bare loop; prints one JSON line."""
+def build_parts(args: argparse.Namespace):
+    """The model, loss and training loader of the Lightning run's command line, seeded and in its
+    ``deterministic`` mode."""
     import torch
 
     from lightning_seg.cli import build_cli
@@ -330,9 +339,16 @@ def plain_worker(args: argparse.Namespace) -> None:
     deterministic = cli.config.trainer.deterministic
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
-    model, loss, data = cli.model.model, cli.model.loss, cli.datamodule
+    data = cli.datamodule
     data.setup("fit")
-    loader = data.train_dataloader()
+    return cli.model.model, cli.model.loss, data.train_dataloader(), deterministic
+
+
+def plain_worker(args: argparse.Namespace) -> None:
+    """The same model, data and loss as the Lightning run, trained by a bare loop; prints one JSON line."""
+    import torch
+
+    model, loss, loader, _ = build_parts(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     durations, cpu_durations, step, start = [], [], 0, now()
@@ -354,18 +370,58 @@ def plain_worker(args: argparse.Namespace) -> None:
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
 
 
+class _BareModule(L.LightningModule):
+    """Model, loss and Adam 1e-3 in Lightning's automatic optimisation, nothing else: no logging, no metrics."""
+
+    def __init__(self, model, loss) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(self.model(batch["image"]), batch["mask"])
+
+    def configure_optimizers(self):
+        import torch
+
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def bare_worker(args: argparse.Namespace) -> None:
+    """The same model, data and loss in a bare Lightning fit (no callbacks, loggers, checkpoints, progress bar
+    or validation): Lightning's own cost per step; prints one JSON line."""
+    model, loss, loader, deterministic = build_parts(args)
+    clock = StepClock(str(Path(args.root) / "bare-clock.json"))
+    trainer = L.Trainer(
+        max_steps=args.steps,
+        accelerator="cpu",
+        deterministic=deterministic,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
+    trainer.fit(_BareModule(model, loss), train_dataloaders=loader)
+    durations = [end - start for start, end, _ in clock.steps]
+    record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": 1000 * statistics.median(clock.step_cpu)}
+    print(json.dumps(record))
+
+
 # --------------------------------------------------------------------------------------------------- report
 
 
-def row(date: str, dataset: str, lightning: dict, plain: dict) -> str:
+def row(date: str, dataset: str, lightning: dict, bare: dict, plain: dict) -> str:
     fraction, train = DATASETS[dataset][0], lightning["train"]
     cells = [
         date,
         f"{dataset} ({fraction:g})",
         f"{lightning['steps']:.0f}",
         f"{lightning['validations']:.0f}",
-        f"{lightning['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
+        f"{lightning['step_cpu_ms']:.2f} / {bare['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
         f"{lightning['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
+        f"{bare['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
         f"{lightning['step_ms']:.1f} / {plain['step_ms']:.1f}",
         f"{lightning['outside_train']:.1%}",
         *(f"{lightning[k] / train:.1%}" for k in ("validation", "checkpoint", "epoch_ends", "between")),
@@ -401,27 +457,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary one)")
-    parser.add_argument("--worker", choices=["plain"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(WORKERS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker == "plain":
-        plain_worker(args)
+    if args.worker:
+        Path(args.root).mkdir(parents=True, exist_ok=True)
+        WORKERS[args.worker](args)
         return 0
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         for dataset in args.datasets:
-            lightning, plain = [], []
+            lightning, bare, plain = [], [], []
             for repeat in range(args.repeats):
                 lightning.append(run_lightning(dataset, args, base / dataset / f"lightning{repeat}"))
                 steps = int(lightning[-1]["steps"])
-                plain.append(run_plain(dataset, args, base / dataset / f"plain{repeat}", steps))
-                print(
-                    f"{dataset} repeat {repeat}: {json.dumps({**lightning[-1], 'plain': plain[-1]})}", file=sys.stderr
-                )
-            rows.append(row(args.date, dataset, median_record(lightning), median_record(plain)))
+                bare.append(run_baseline("bare", dataset, args, base / dataset / f"bare{repeat}", steps))
+                plain.append(run_baseline("plain", dataset, args, base / dataset / f"plain{repeat}", steps))
+                record = {**lightning[-1], "bare": bare[-1], "plain": plain[-1]}
+                print(f"{dataset} repeat {repeat}: {json.dumps(record)}", file=sys.stderr)
+            rows.append(row(args.date, dataset, *(median_record(r) for r in (lightning, bare, plain))))
     table = "\n".join([HEADER, *rows])
     print(table)
     if args.output:
@@ -429,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         with args.output.open("a") as handle:
             handle.write((table if new else "\n".join(rows)) + "\n")
     return 0
+
+
+#: the baselines, each run in a child process of its own
+WORKERS = {"plain": plain_worker, "bare": bare_worker}
 
 
 if __name__ == "__main__":

@@ -183,3 +183,38 @@ def test_checkpoint_cost_cpu_smoke(tmp_path):
     assert "last.ckpt" in before[9]
     best, last = (int(n) for n in now[6].split(" + "))
     assert 1 <= best <= 2 and last == 0  # at most one best per validation; no last.ckpt within 5 minutes
+
+
+def test_overhead_cpu_smoke(tmp_path, require_data):
+    """The overhead benchmark runs end to end on the smallest real fraction: a real fit, bare Lightning, plain."""
+    output = tmp_path / "overhead.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--datasets", "chase", "--repeats", "1"]
+    command += ["--max-steps", "4", "--val-check-interval", "2", "--data-dir", str(require_data)]
+    command += ["--set", "data.init_args.num_workers=0", "--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, rule, row = output.read_text().splitlines()
+    assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["2000-01-01", "chase (0.25)", "4", "2"]
+    lightning, bare, plain = map(float, cells[4].split(" / "))
+    assert min(lightning, bare, plain) > 0
+    # the overheads are the ratios of the rounded step times shown, to their rounding
+    assert float(cells[5].rstrip("%")) == pytest.approx(100 * (lightning / plain - 1), abs=1.5)
+    assert float(cells[6].rstrip("%")) == pytest.approx(100 * (bare / plain - 1), abs=1.5)
+
+
+def test_prediction_cpu_smoke(tmp_path, capsys):
+    prediction = load_benchmark("prediction")
+    output = tmp_path / "prediction.md"
+    args = ["--repeats", "2", "--warmup", "0", "--shapes", "2x3x8x8", "1x2x4x4", "--output", str(output)]
+    assert prediction.main([*args, "--date", "2000-01-01"]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in output.read_text().splitlines()[2:]]
+    assert [(cells[0], cells[3]) for cells in rows] == [("2000-01-01", "2×3×8×8"), ("2000-01-01", "1×2×4×4")]
+    assert all(float(cells[4]) > 0 and float(cells[5]) > 0 and cells[6].endswith("×") for cells in rows)
+    with pytest.raises(SystemExit) as bad:
+        prediction.main(["--shapes", "4x5"])
+    assert (
+        bad.value.code == 2
+        and "a shape is N×C×H×W written NxCxHxW, e.g. 4x5x256x256; got '4x5'" in capsys.readouterr().err
+    )

@@ -18,14 +18,17 @@ start to exit. A row gives:
 * ``step CPU ms``: median training step in CPU time of the main thread, Lightning, bare Lightning and the
   plain loop (below), and ``module overhead``, the ratio Lightning / plain minus 1: the work the module and
   Lightning add inside a step (logging, metric updates, hooks, progress bar); ``of which bare Lightning``:
-  bare Lightning / plain minus 1, the part that Lightning's loop costs by itself, whatever the module does. CPU time, unlike wall time, does not grow when other
-  processes share the cores, so this ratio holds on a busy machine; ``step wall ms`` is the same in wall time;
+  bare Lightning / plain minus 1, the part that Lightning's loop costs by itself, whatever the module does.
+  CPU time, unlike wall time, does not grow when other processes share the cores, so these ratios hold on a
+  busy machine; ``step wall ms`` is the same in wall time;
 * ``outside steps``: the share of the training phase's wall time (``on_train_start`` to ``on_train_end``)
   spent outside training steps, split into ``validation`` (without the checkpoint writes it triggers),
   ``checkpoint``, ``epoch ends`` (gaps between the last step of an epoch and the first of the next: the
   loader's restart and first batch, epoch-end hooks) and ``between steps`` (the other gaps: batch fetches,
   logger writes); ``outside steps, CPU`` is the same share of the main thread's CPU time (waits for loader
   workers, and other processes' use of the cores, left out);
+* ``plain loop: outside steps``: the same share for the plain loop (its wall time from the first batch request
+  to the last step, less its steps): what fetching batches costs without Lightning;
 * seconds: ``training`` phase, ``startup`` (process start to ``on_fit_start``: imports, config, model and
   data construction), ``test and exit`` (``on_train_end`` to the process's exit: the test after fit,
   teardown), ``wall`` (the whole process).
@@ -82,9 +85,9 @@ CLOCK = "overhead.StepClock"
 HEADER = (
     "| date | dataset (fraction) | steps | validations | step CPU ms: Lightning / bare Lightning / plain "
     "| module overhead | of which bare Lightning | step wall ms: Lightning / plain | outside steps | validation "
-    "| checkpoint | epoch ends | between steps "
+    "| checkpoint | epoch ends | between steps | plain loop: outside steps "
     "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -425,6 +428,7 @@ def row(date: str, dataset: str, lightning: dict, bare: dict, plain: dict) -> st
         f"{lightning['step_ms']:.1f} / {plain['step_ms']:.1f}",
         f"{lightning['outside_train']:.1%}",
         *(f"{lightning[k] / train:.1%}" for k in ("validation", "checkpoint", "epoch_ends", "between")),
+        f"{1 - plain['step_mean_ms'] / plain['wall_per_step_ms']:.1%}",
         f"{lightning['outside_cpu']:.1%}",
         *(f"{lightning[k]:.1f}" for k in ("train", "startup", "test_and_exit", "wall")),
     ]

@@ -14,19 +14,7 @@ from lightning_seg import module as module_lib
 from lightning_seg.callbacks import LossPartsLogger
 from lightning_seg.losses import CAML, build_loss
 from lightning_seg.module import JaccardIndex
-
-
-class FixedLogits(nn.Module):
-    """Returns logits stored in the input's second channel: argmax equals a chosen prediction."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        pred = x[:, 1].long()
-        return nn.functional.one_hot(pred, self.num_classes).permute(0, 3, 1, 2).float() * 10 + self.dummy
+from tests.conftest import FixedLogits
 
 
 def batches(preds, masks):
@@ -66,7 +54,7 @@ def test_test_metrics_match_hand_computed_iou(tmp_path):
     masks = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(3)]
     masks[0][0, :4] = 255  # ignored pixels leave the metric
     module = SegmentationModule(model="tiny", num_classes=4, in_channels=2, class_names=["a", "b", "c", "d"])
-    module.model = FixedLogits(4)
+    module.model = FixedLogits(4, scale=10)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, dataloaders=DataLoader(batches(preds, masks), batch_size=None))
     expected = hand_iou(preds, masks, 4, 255)
@@ -89,7 +77,7 @@ def test_train_metrics_cover_the_steps_since_the_previous_validation():
     preds = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(4)]
     masks = [torch.randint(0, 3, (8, 8), generator=g) for _ in range(4)]
     module = SegmentationModule(model="tiny", num_classes=3, in_channels=2, class_names=["a", "b", "c"])
-    module.model = FixedLogits(3)  # training shifts every logit alike: the predictions stay fixed
+    module.model = FixedLogits(3, scale=10)  # training shifts every logit alike: the predictions stay fixed
     seen = []
 
     class AtValidation(L.Callback):

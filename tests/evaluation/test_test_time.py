@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_seg import SegmentationModule
@@ -20,20 +19,9 @@ from lightning_seg.evaluation import (
 )
 from lightning_seg.evaluation.records import PER_IMAGE_COLUMNS
 from lightning_seg.run import Records
+from tests.conftest import FixedLogits
 
 CLASSES = ["background", "vessel", "blob"]
-
-
-class FixedLogits(nn.Module):
-    """Logits 5·one-hot of the prediction stored in the input's second channel."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        return nn.functional.one_hot(x[:, 1].long(), self.num_classes).permute(0, 3, 1, 2).float() * 5 + self.dummy
 
 
 def sample(pred: np.ndarray, mask: np.ndarray, sample_id: str) -> dict:
@@ -59,7 +47,7 @@ def two_images() -> list[dict]:
 def test_rows_follow_the_policy_for_every_image_and_class():
     evaluation = TestEvaluation(CLASSES, ["vessel"], ignore_index=255)
     batch = torch.utils.data.default_collate(two_images())
-    logits = FixedLogits(3)(batch["image"])
+    logits = FixedLogits(3, scale=5)(batch["image"])
     evaluation.update(logits, batch["mask"], batch["id"], sample_group=lambda i: f"image-{i}")
     rows = {(r["id"], r["class"]): r for r in evaluation.rows}
     assert len(evaluation.rows) == 2 * 3
@@ -81,7 +69,7 @@ def test_rows_follow_the_policy_for_every_image_and_class():
 def test_records_are_strict_and_round_trip(tmp_path):
     evaluation = TestEvaluation(CLASSES, ["vessel"], ignore_index=255, settings=EvaluationSettings(nsd_tolerance=1.5))
     batch = torch.utils.data.default_collate(two_images())
-    evaluation.update(FixedLogits(3)(batch["image"]), batch["mask"], batch["id"])
+    evaluation.update(FixedLogits(3, scale=5)(batch["image"]), batch["mask"], batch["id"])
     files = evaluation.write(tmp_path, {"ckpt_path": "x.ckpt"})
     assert files == {
         "per_image": tmp_path / Records.PER_IMAGE,
@@ -114,7 +102,7 @@ def test_records_are_strict_and_round_trip(tmp_path):
 def test_ids_default_to_the_test_order_and_merge_keeps_each_sample_once():
     evaluation = TestEvaluation(CLASSES, ignore_index=255)
     batch = torch.utils.data.default_collate(two_images())
-    logits = FixedLogits(3)(batch["image"])
+    logits = FixedLogits(3, scale=5)(batch["image"])
     evaluation.update(logits, batch["mask"])
     evaluation.update(logits[:1], batch["mask"][:1])
     assert sorted({r["id"] for r in evaluation.rows}) == ["00000", "00001", "00002"]
@@ -136,16 +124,16 @@ def test_bad_settings_and_classes():
         SegmentationModule(model="tiny", num_classes=3, class_names=CLASSES, curvilinear_classes=["vessels"])
     with pytest.raises(ValueError, match="got 1 ids for a batch of 2"):
         batch = torch.utils.data.default_collate(two_images())
-        TestEvaluation(CLASSES, ignore_index=255).update(FixedLogits(3)(batch["image"]), batch["mask"], ["a"])
+        TestEvaluation(CLASSES, ignore_index=255).update(FixedLogits(3, scale=5)(batch["image"]), batch["mask"], ["a"])
     with pytest.raises(ValueError, match=r"target has labels outside \[0, 3\) \(ignore_index=None\)"):
-        TestEvaluation(CLASSES).update(FixedLogits(3)(batch["image"]), batch["mask"], ["a", "b"])
+        TestEvaluation(CLASSES).update(FixedLogits(3, scale=5)(batch["image"]), batch["mask"], ["a", "b"])
 
 
 def test_module_test_writes_the_records_and_logs_the_numbers(tmp_path):
     module = SegmentationModule(
         model="tiny", num_classes=3, in_channels=2, class_names=CLASSES, curvilinear_classes=["vessel"]
     )
-    module.model = FixedLogits(3)
+    module.model = FixedLogits(3, scale=5)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, dataloaders=DataLoader(two_images(), batch_size=1))
     metrics = trainer.callback_metrics
@@ -163,7 +151,7 @@ def test_module_test_writes_the_records_and_logs_the_numbers(tmp_path):
 
 def test_validation_does_not_evaluate_per_image(tmp_path):
     module = SegmentationModule(model="tiny", num_classes=3, in_channels=2, class_names=CLASSES)
-    module.model = FixedLogits(3)
+    module.model = FixedLogits(3, scale=5)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(module, dataloaders=DataLoader(two_images(), batch_size=1))
     assert module.test_evaluation is None and not (tmp_path / Records.PER_IMAGE).exists()
@@ -174,7 +162,7 @@ def test_wandb_gets_the_reliability_diagram_and_the_table(tmp_path):
 
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     module = SegmentationModule(model="tiny", num_classes=3, in_channels=2, class_names=CLASSES)
-    module.model = FixedLogits(3)
+    module.model = FixedLogits(3, scale=5)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=logger, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, dataloaders=DataLoader(two_images(), batch_size=2))
     run = logger.experiment

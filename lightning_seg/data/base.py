@@ -60,39 +60,46 @@ class SegmentationDataset(Dataset):
 
 
 class MultiPassBatchSampler(BatchSampler):
-    """The batches of ``passes`` passes over ``sampler`` as one epoch, each pass drawn afresh.
+    """An epoch of the fewest whole passes over ``sampler`` that make at least ``min_steps`` batches.
 
     Each pass is :class:`~torch.utils.data.BatchSampler`'s (its last batch partial unless ``drop_last``): a
     batch never mixes two passes, so a step sees what it would see in an epoch of one pass. A
-    :class:`~torch.utils.data.RandomSampler` draws a new permutation per pass; with ``passes=1`` the batches are
-    those of ``DataLoader(shuffle=True)`` under the same seed. A sampler that orders by epoch (``set_epoch``,
-    as the :class:`~torch.utils.data.DistributedSampler` Lightning puts in under several processes) gets the
-    epoch ``epoch · passes + pass`` for each pass, so the passes differ there too; its epoch is set back after.
+    :class:`~torch.utils.data.RandomSampler` draws a new permutation per pass; with one pass the batches are
+    those of ``DataLoader(shuffle=True)`` under the same seed. The passes are counted from the sampler's own
+    length, so under several processes (the :class:`~torch.utils.data.DistributedSampler` Lightning puts in,
+    keeping ``min_steps``) each process's epoch has at least ``min_steps`` steps; such a sampler, which orders
+    by its epoch (``set_epoch``, set by Lightning before every epoch), gets the epoch ``epoch · passes + pass``
+    for each pass, so the passes differ there too.
 
     Why: under a step budget a small training set (CHASE 1/4: 4 images, one step) would otherwise end an epoch
-    every step, and each epoch end costs Lightning's bookkeeping and the loader's restart, which waits for a
-    first batch; long epochs keep the loader's workers ahead of the steps (benchmarks/README.md).
+    every step, and each epoch end costs Lightning's epoch hooks and the loader's restart, which waits for a
+    first batch with nothing prefetched (benchmarks/README.md).
 
     Raises:
-        ValueError: ``passes`` < 1.
+        ValueError: ``min_steps`` < 1.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, passes: int = 1) -> None:
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, min_steps: int = 1) -> None:
         super().__init__(sampler, batch_size, drop_last)
-        if passes < 1:
-            raise ValueError(f"passes must be ≥ 1, got {passes}")
-        self.passes = passes
+        if min_steps < 1:
+            raise ValueError(f"min_steps must be ≥ 1, got {min_steps}")
+        self.min_steps = min_steps
+
+    @property
+    def passes(self) -> int:
+        """Passes per epoch: ``ceil(min_steps / batches per pass)`` (1 for a pass of no batch)."""
+        per_pass = super().__len__()
+        return -(-self.min_steps // per_pass) if per_pass else 1
 
     def __iter__(self):
-        epoch = getattr(self.sampler, "epoch", None) if hasattr(self.sampler, "set_epoch") else None
-        try:
-            for index in range(self.passes):
-                if epoch is not None:
-                    self.sampler.set_epoch(epoch * self.passes + index)
-                yield from super().__iter__()
-        finally:
+        passes = self.passes
+        # Read when the epoch's first batch is asked for, after Lightning's set_epoch for this epoch. Not set
+        # back afterwards: the iterator of an epoch is closed only once the next epoch's has started.
+        epoch = self.sampler.epoch if hasattr(self.sampler, "set_epoch") else None
+        for index in range(passes):
             if epoch is not None:
-                self.sampler.set_epoch(epoch)
+                self.sampler.set_epoch(epoch * passes + index)
+            yield from super().__iter__()
 
     def __len__(self) -> int:
         return self.passes * super().__len__()
@@ -114,9 +121,10 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         subset_seed: seed of the training-fraction draw (fixed, so every run of a fraction sees the same images).
         ignore_index: mask value for unlabelled pixels, excluded from losses and metrics.
         min_epoch_steps: a training epoch is the fewest whole passes over the training set (each in a new
-            random order) that make at least this many steps; 1: one pass, the classic epoch. The data configs
-            set their validation interval, so that a small training set does not end an epoch every step
-            (:class:`MultiPassBatchSampler`); the epoch form (``configs/trainer/epochs.yaml``) sets 1.
+            random order) that make at least this many steps (in each process, under several); 1: one pass, the
+            classic epoch. The data configs set their validation interval, so that a small training set does
+            not end an epoch every step (:class:`MultiPassBatchSampler`); the epoch form
+            (``configs/trainer/epochs.yaml``) sets 1.
     """
 
     #: class names, index order (the paper's tables); their number is the model's output channels
@@ -222,11 +230,9 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches, an epoch of ``ceil(min_epoch_steps / steps per pass)`` passes."""
+        """Shuffled batches, an epoch of whole passes with at least ``min_epoch_steps`` steps."""
         dataset = self.datasets["train"]
-        steps_per_pass = -(-len(dataset) // self.batch_size)
-        passes = -(-self.min_epoch_steps // steps_per_pass) if steps_per_pass else 1
-        batches = MultiPassBatchSampler(RandomSampler(dataset), self.batch_size, drop_last=False, passes=passes)
+        batches = MultiPassBatchSampler(RandomSampler(dataset), self.batch_size, False, self.min_epoch_steps)
         return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:

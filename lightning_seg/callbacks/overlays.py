@@ -77,14 +77,14 @@ class PredictionOverlays(Callback):
     def __init__(self, num_images: int = 4, every_n_validations: int = 1, key: str = "val/overlays") -> None:
         if num_images < 1 or every_n_validations < 1:
             raise ValueError(
-                f"num_images and every_n_validations must be ≥ 1, got {num_images} and {every_n_validations}"
+                f"PredictionOverlays: num_images and every_n_validations must be ≥ 1, got {num_images} and {every_n_validations}"
             )
         self.num_images = num_images
         self.every_n_validations = every_n_validations
         self.key = key
         self._images: list[torch.Tensor] = []
         self._masks: list[torch.Tensor] = []
-        #: validations seen (the sanity check not counted), and whether the current one draws
+        #: validations of the fit so far (not the sanity check or a bare ``validate``), and whether this one draws
         self._validations = 0
         self._drawing = False
 
@@ -96,9 +96,9 @@ class PredictionOverlays(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._images, self._masks = [], []
-        self._drawing = not trainer.sanity_checking and self._validations % self.every_n_validations == 0
-        if not trainer.sanity_checking:
-            self._validations += 1
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        self._drawing = fitting and self._validations % self.every_n_validations == 0
+        self._validations += fitting
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0

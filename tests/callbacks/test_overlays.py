@@ -35,11 +35,14 @@ def test_a_resumed_count_goes_on(tmp_path):
     assert fit(tmp_path, overlays) == ["step000006.png", "step000012.png"]
 
 
-def test_nothing_in_the_sanity_check(tmp_path):
+def test_nothing_in_the_sanity_check_or_a_bare_validate(tmp_path):
     assert fit(tmp_path, PredictionOverlays(num_images=1), num_sanity_val_steps=1, max_steps=2) == []
+    overlays = PredictionOverlays(num_images=1)
+    tiny_trainer(tmp_path / "validate", [overlays]).validate(tiny_module(loss="ce"), datamodule=tiny_data())
+    assert not (tmp_path / "validate" / "overlays").exists() and overlays.state_dict() == {"validations": 0}
 
 
 @pytest.mark.parametrize(("num_images", "every"), [(0, 1), (1, 0)])
 def test_invalid_options(num_images, every):
-    with pytest.raises(ValueError, match=f"got {num_images} and {every}"):
+    with pytest.raises(ValueError, match=f"^PredictionOverlays: .* got {num_images} and {every}$"):
         PredictionOverlays(num_images=num_images, every_n_validations=every)

@@ -23,6 +23,8 @@ from .models import build_model
 from .prediction import predicted_classes
 
 EVALUATION_SPLITS = ("val", "test")
+#: the prefix of the training metrics' states in a state dict
+TRAIN_METRIC_STATES = "train_metrics."
 
 
 def _counts_by_bincount(bins: Tensor, size: int) -> Tensor:
@@ -166,7 +168,8 @@ class SegmentationModule(L.LightningModule):
         # Attributes, not a ModuleDict: a key "train" would shadow nn.Module.train.
         self.train_metrics = metrics.clone(prefix="train/")
         # In checkpoints: a run resumed from last.ckpt logs the train/* values of the same window of batches
-        # (since the previous validation) as a run never stopped. Older checkpoints without them still load.
+        # (since the previous validation) as a run never stopped (summed over processes, see
+        # on_save_checkpoint). Older checkpoints without them still load.
         self.train_metrics.persistent(True)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -238,6 +241,23 @@ class SegmentationModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
         finish_test(self, self.test_evaluation)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Under several processes, the checkpoint holds the training metrics' window summed over all of them
+        (each process counts its own share of the batches); every process takes part in the sum."""
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(TRAIN_METRIC_STATES)]:
+                state[key] = trainer.strategy.reduce(state[key].clone(), reduce_op="sum")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Every process loads the summed window; process 0 alone keeps it, so that it is counted once."""
+        trainer = self._trainer
+        if trainer is not None and trainer.global_rank != 0:
+            state = checkpoint.get("state_dict", {})
+            for key in [k for k in state if k.startswith(TRAIN_METRIC_STATES)]:
+                state[key] = torch.zeros_like(state[key])
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

@@ -121,6 +121,35 @@ def test_the_train_metrics_window_is_saved_and_restored_with_the_weights():
     SegmentationModule(model="tiny", loss="ce", num_classes=3).load_state_dict(weights_only)  # older checkpoints
 
 
+class TwoProcesses:
+    """What the checkpoint hooks read of a trainer of two processes whose other process holds the same window."""
+
+    world_size = 2
+
+    def __init__(self, rank: int) -> None:
+        self.global_rank = rank
+        self.strategy = self
+
+    def reduce(self, tensor, reduce_op):
+        assert reduce_op == "sum"
+        return tensor * 2
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_two_processes_the_window_is_summed_on_save_and_counted_once_on_load(rank):
+    module = SegmentationModule(model="tiny", loss="ce", num_classes=2)
+    module.train_metrics.update(torch.tensor([[[0, 1, 1]]]), torch.tensor([[[0, 1, 0]]]))
+    module._trainer = TwoProcesses(rank)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"]["train_metrics.iou.confmat"].tolist() == [[2, 2], [0, 2]]
+    weights = [k for k in checkpoint["state_dict"] if k.startswith("model.")]
+    assert weights and all(torch.equal(checkpoint["state_dict"][k], module.state_dict()[k]) for k in weights)
+    module.on_load_checkpoint(checkpoint)
+    expected = [[2, 2], [0, 2]] if rank == 0 else [[0, 0], [0, 0]]
+    assert checkpoint["state_dict"]["train_metrics.iou.confmat"].tolist() == expected
+
+
 def test_evaluation_loss_is_the_mean_over_samples():
     torch.manual_seed(0)
     images, masks = torch.randn(3, 1, 8, 8), torch.randint(0, 3, (3, 8, 8))

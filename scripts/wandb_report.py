@@ -5,7 +5,7 @@ One section per dataset/model/fraction group of the project's runs (the W&B conf
 :class:`lightning_seg.run.RunKeys`), with runs grouped by ``config.loss`` and ``config.cell`` so each loss is
 one line (mean over folds and seeds, min-max band), one colour per loss, and runs of other settings are never
 averaged together. Panels: ``train/p_bar``, ``train/dice_coef``, ``train/alpha``, ``train/ce``, ``train/dice_loss`` per
-step, ``val/miou`` per epoch, ``test/miou`` per loss as bars, and the ``val/overlays`` images.
+step, ``val/miou`` per validation step, ``test/miou`` per loss as bars, and the ``val/overlays`` images.
 
     python scripts/wandb_report.py --entity ME --project lightning-seg              # a report (prints its URL)
     python scripts/wandb_report.py --entity ME --project lightning-seg --workspace  # a saved workspace view
@@ -40,13 +40,11 @@ def groups_from_project(entity: str, project: str) -> list[tuple[str, str, float
 
 def panels(wr) -> list:
     """The panels of one group (``wr`` is ``wandb_workspaces.reports.v2``)."""
+    # against the step: an epoch holds several validations, and a different number of steps in every fraction
     out = [
         wr.LinePlot(title=m, x="trainer/global_step", y=[m], groupby_aggfunc="mean", groupby_rangefunc="minmax")
-        for m in STEP_METRICS
+        for m in [*STEP_METRICS, "val/miou"]
     ]
-    out.append(
-        wr.LinePlot(title="val/miou", x="epoch", y=["val/miou"], groupby_aggfunc="mean", groupby_rangefunc="minmax")
-    )
     out.append(wr.BarPlot(title="test/miou", metrics=["test/miou"], groupby_aggfunc="mean", groupby_rangefunc="stddev"))
     out.append(wr.MediaBrowser(title="val/overlays", media_keys=["val/overlays"], num_columns=2))
     return out

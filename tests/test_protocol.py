@@ -71,6 +71,13 @@ def test_an_epoch_is_at_least_a_validation_interval_and_one_pass_in_the_epoch_fo
     assert epochs.data.class_path == steps.data.class_path  # the epoch form changes the option, not the data
 
 
+def test_the_demo_config_has_the_synthetic_settings():
+    cli_parser = parser()
+    demo = cli_parser.parse_args(["--config", str(CONFIGS / "demo.yaml")])
+    composed = cli_parser.parse_args(compose("base.yaml", "data/synthetic.yaml", "losses/caml.yaml"))
+    assert demo.data.init_args == composed.data.init_args
+
+
 @pytest.mark.parametrize("name", ["paper", "reduced", "synthetic"])
 def test_every_fraction_of_a_dataset_gets_the_same_steps_and_validations(name):
     """Each run's config files and trainer overrides go through the CLI's own parser, once per distinct set

@@ -10,7 +10,9 @@ Writes, from the run folders only (nothing is trained or tested here):
 - ``runs.csv``: every run with its fingerprint, steps, best validation step, test mIoU and wall time;
 - ``curves/``: p̄, D, α, the loss parts and validation mIoU per step for the paper's five losses, per dataset;
   ``readings/``: the same for CAML's readings of p̄ on Drosophila 1/8; per-image test scores beside each;
-- ``overlays/<dataset>.png``: test images, ground truth, CE's and CAML's predictions (seed 0).
+- ``overlays/<dataset>.png``: test images, ground truth, CE's and CAML's predictions (seed 0);
+- with ``--previous RUNS_CSV`` (the ``runs.csv`` of an earlier run of the grid): ``rerun.csv``, per cell the
+  mean test mIoU then and now and the change, matched by dataset, loss and seed.
 """
 
 from __future__ import annotations
@@ -68,6 +70,30 @@ def runs_table(root: Path, path: Path) -> None:
         writer.writerows(rows)
 
 
+def rerun_table(previous: Path, current: Path, path: Path) -> None:
+    """Per cell (dataset, loss) the mean test mIoU of ``previous`` and ``current`` runs.csv, same seeds."""
+
+    def read(csv_path: Path) -> dict[tuple[str, str, str], float]:
+        with csv_path.open() as handle:
+            return {(r["dataset"], r["loss"], r["seed"]): float(r["test_miou"]) for r in csv.DictReader(handle)}
+
+    before, after = read(previous), read(current)
+    if before.keys() != after.keys():
+        raise SystemExit(f"--previous {previous}: its runs are not those of {current} (dataset, loss, seed)")
+    cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for key in sorted(before):
+        cells.setdefault(key[:2], []).append((before[key], after[key]))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "loss", "n", "previous_miou", "miou", "change", "largest_run_change"])
+        for (dataset, loss), pairs in cells.items():
+            then, now = (sum(v) / len(v) for v in zip(*pairs, strict=True))
+            largest = max((b - a for a, b in pairs), key=abs)
+            writer.writerow(
+                [dataset, loss, len(pairs), f"{then:.2f}", f"{now:.2f}", f"{now - then:+.2f}", f"{largest:+.2f}"]
+            )
+
+
 def overlays(root: Path, out: Path) -> None:
     """CE against CAML, seed 0, on the first test images of each dataset."""
     by_key = {}
@@ -94,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="the grid's output root, e.g. runs/grids/pilot-cpu")
     parser.add_argument("--out", type=Path, default=Path("results/pilot-cpu"))
+    parser.add_argument("--previous", type=Path, help="runs.csv of an earlier run of the grid: writes rerun.csv")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = aggregate(args.root, args.out, paper_model="unet")
@@ -104,7 +131,11 @@ def main() -> None:
             path.unlink()
     (args.out / "overlays").mkdir(exist_ok=True)
     overlays(args.root, args.out / "overlays")
-    print("\n".join(f"wrote {p}" for p in [*files.values(), args.out / "runs.csv"]))
+    written = [*files.values(), args.out / "runs.csv"]
+    if args.previous:
+        rerun_table(args.previous, args.out / "runs.csv", args.out / "rerun.csv")
+        written.append(args.out / "rerun.csv")
+    print("\n".join(f"wrote {p}" for p in written))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import device_name, synchronize  # noqa: E402
+from models import append_table, device_name, synchronize  # noqa: E402
 
 from lightning_seg.losses import build_loss  # noqa: E402
 
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     print("\n".join(rows), flush=True)
     if args.output is not None:
-        new = not args.output.exists() or args.output.stat().st_size == 0
-        with args.output.open("a") as f:
-            f.write((HEADER + "\n" if new else "") + "\n".join(rows) + "\n")
+        append_table(args.output, HEADER, rows)
     return 0
 
 

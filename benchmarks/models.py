@@ -73,6 +73,13 @@ def device_name(device: torch.device, per_run: bool = False) -> str:
     return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 
 
+def append_table(path: Path, header: str, rows: list[str]) -> None:
+    """Append Markdown ``rows`` to ``path``, with the table's ``header`` first when the file is new or empty."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a") as f:
+        f.write((header + "\n" if new else "") + "\n".join(rows) + "\n")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -181,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
 
     if args.output is not None:
-        new = not args.output.exists() or args.output.stat().st_size == 0
-        with args.output.open("a") as f:
-            f.write((HEADER + "\n" if new else "") + "\n".join(rows) + "\n")
+        append_table(args.output, HEADER, rows)
     return 1 if any("failed:" in r for r in rows) else 0
 
 

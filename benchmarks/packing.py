@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside this script
-from models import device_name  # noqa: E402
+from models import append_table, device_name  # noqa: E402
 
 from lightning_seg.grid.execute import local_slots  # noqa: E402
 from lightning_seg.grid.parent import PARENT_PID_VARIABLE  # noqa: E402
@@ -433,9 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
 
     if args.output is not None:
-        new = not args.output.exists() or args.output.stat().st_size == 0
-        with args.output.open("a") as f:
-            f.write((HEADER + "\n" if new else "") + "\n".join(rows) + "\n")
+        append_table(args.output, HEADER, rows)
     return 1 if bad else 0
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import wandb
 import yaml
 from PIL import Image
 from wandb.proto import wandb_internal_pb2 as pb
@@ -24,7 +26,8 @@ LOSS_PARTS = ["train/p_bar", "train/dice_coef", "train/alpha", "train/ce", "trai
 
 def read_records(path: Path):
     """The protobuf records of a ``.wandb`` file (W&B's LevelDB-style log: 7-byte file header, 32 KiB blocks,
-    each chunk with a 7-byte header ``crc32 (4) | length (2) | type (1)``; types FULL=1, FIRST=2, MIDDLE=3, LAST=4).
+    each chunk with a 7-byte header ``crc32 (4) | length (2) | type (1)``; types FULL=1, FIRST=2, MIDDLE=3, LAST=4;
+    the checksum covers the type byte and the chunk). A short or damaged chunk fails with its byte offset.
     """
     data = path.read_bytes()
     ident, magic, _version = struct.unpack("<4sHB", data[:7])
@@ -35,10 +38,14 @@ def read_records(path: Path):
         if left < 7:  # block trailer padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        pos += 7
-        chunks += data[pos : pos + length]
-        pos += length
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        assert len(chunk) == length, f"{path}: the chunk at byte {pos} ends past the end of the file (still written?)"
+        assert zlib.crc32(bytes([kind]) + chunk) == crc, (
+            f"{path}: the checksum of the chunk at byte {pos} does not match"
+        )
+        chunks += chunk
+        pos += 7 + length
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(chunks)
@@ -64,7 +71,10 @@ def wandb_run(tmp_path_factory):
     cli = build_cli(args)
     for logger in cli.trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # flush the .wandb file, as at process exit
+            logger.experiment.finish()
+    # finish() can return before W&B's service process has written the whole file (CI saw a cut-off chunk on a
+    # loaded machine): stopping the service, as at process exit, closes the file.
+    wandb.teardown()
     (wandb_file,) = root.glob("wandb/offline-run-*/run-*.wandb")
     records = list(read_records(wandb_file))
     history: set[str] = set()
@@ -186,3 +196,15 @@ def test_overlay_strip_layout_and_palette():
     assert (strip[0, 12:] == PALETTE[[3, 2, 1, 0]]).all()
     with pytest.raises(ValueError):
         PredictionOverlays(num_images=0)
+
+
+def test_the_record_reader_fails_on_a_cut_off_or_damaged_file(wandb_run, tmp_path):
+    (wandb_file,) = wandb_run["dir"].glob("run-*.wandb")
+    data = wandb_file.read_bytes()
+    cut, damaged = tmp_path / "cut.wandb", tmp_path / "damaged.wandb"
+    cut.write_bytes(data[:-3])
+    damaged.write_bytes(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    with pytest.raises(AssertionError, match="ends past the end of the file"):
+        list(read_records(cut))
+    with pytest.raises(AssertionError, match="checksum"):
+        list(read_records(damaged))

@@ -218,3 +218,18 @@ def test_prediction_cpu_smoke(tmp_path, capsys):
         bad.value.code == 2
         and "a shape is N×C×H×W written NxCxHxW, e.g. 4x5x256x256; got '4x5'" in capsys.readouterr().err
     )
+
+
+def test_augmentation_cpu_smoke(tmp_path, capsys):
+    augmentation = load_benchmark("augmentation")
+    output = tmp_path / "augmentation.md"
+    args = ["--datasets", "synthetic", "--repeats", "2", "--items", "4", "--output", str(output)]
+    assert augmentation.main([*args, "--date", "2000-01-01"]) == 0
+    header, rule, row = output.read_text().splitlines()
+    assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert (cells[0], cells[3], cells[4]) == ("2000-01-01", "synthetic", "1×48×48")
+    assert float(cells[5]) > 0 and float(cells[6]) > 0 and cells[7].endswith("×")
+    with pytest.raises(SystemExit) as bad:
+        augmentation.main(["--items", "0"])
+    assert bad.value.code == 2 and "--repeats and --items must be ≥ 1" in capsys.readouterr().err

@@ -14,8 +14,9 @@ When the run has finished and recorded its result, :meth:`RunCheckpoint.finish` 
 ``previous.ckpt`` (``keep_last`` keeps ``last.ckpt``): a finished run keeps its best weights only.
 
 All files are written to a temporary name and renamed, so a kill never leaves half a checkpoint. A
-``last.ckpt`` written at an epoch end resumes exactly: the next epoch draws the same shuffle and augmentations
-as in a run that was never stopped (with ``num_workers=0``; worker processes keep generators of their own).
+``last.ckpt`` written at an epoch end resumes exactly: the next epoch's order and augmentations follow from the
+run's seed and the epoch (:class:`~lightning_seg.data.base.MultiPassBatchSampler`), whatever the worker count,
+and the global generators (which a model's dropout draws from) are restored as they were.
 """
 
 from __future__ import annotations
@@ -207,9 +208,9 @@ class RunCheckpoint(Checkpoint):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Bring the folder in line with the state training starts from (restored, or none when starting anew)."""
         if self._restored_rng is not None:
-            # The generators as they were when last.ckpt was written: the next training epoch's loader draws its
-            # shuffle and augmentation seeds from them, as it would have without the stop (the sanity check
-            # runs between here and there with the generators isolated).
+            # The generators as they were when last.ckpt was written, for whatever draws from them in training
+            # (dropout; the loader's order and augmentations do not), as it would have without the stop (the
+            # sanity check runs between here and there with the generators isolated).
             set_rng_state(self._restored_rng)
             self._restored_rng = None
         if not trainer.is_global_zero or trainer.fast_dev_run:

@@ -1,23 +1,27 @@
-"""One mechanism for every dataset: a fold's split, a nested training fraction, albumentations, loaders.
+"""One mechanism for every dataset: a fold's split, a nested training fraction, augmentation, loaders.
 
 A dataset subclasses :class:`SegmentationDataModule` and supplies three things: its class names and
 channel count, :meth:`~SegmentationDataModule.fold_ids` (train/val/test ids of the configured fold) and
 :meth:`~SegmentationDataModule.load_sample` (one image and its mask, as NumPy arrays); the last two are
-abstract. Everything else (subsets, transforms, tensors, loaders) is shared.
+abstract. Everything else (subsets, augmentation, tensors, loaders) is shared.
 
 Ids are strings, so a dataset can encode views of an image in them (``"07/tile03"``, ``"07/crop2"``);
 :meth:`~SegmentationDataModule.sample_group` then names the image, so that ``train_fraction`` draws whole
-images. Random augmentations are seeded from torch's random generator, one draw per sample, so
-``lightning.seed_everything`` and the DataLoader's per-worker seeds make them reproducible.
+images.
+
+Every random draw of a training epoch (the order of each pass and each sample's augmentation) is a function of
+the run's seed and the epoch alone (:class:`SeededRandomSampler`, :class:`MultiPassBatchSampler`), made in
+the training process: the same batches whatever ``num_workers`` is, whatever else draws from torch's generator
+during training, and after a resume from an epoch end.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
-import albumentations as A
 import lightning as L
 import numpy as np
 import torch
@@ -27,31 +31,88 @@ from .splits import Fold, subset
 
 #: ``(image H×W×C float32 in [0, 1], mask H×W int64)``
 Sample = tuple[np.ndarray, np.ndarray]
+#: a training augmentation: ``(image, mask, seed) -> (image, mask)``, every random choice read from ``seed``
+Augmentation = Callable[[np.ndarray, np.ndarray, int], Sample]
+#: the per-sample augmentation seeds are uniform over ``[0, SEED_RANGE)``
+SEED_RANGE = 2**62
+#: environment variable in which ``lightning.seed_everything`` leaves the run's seed
+RUN_SEED_ENV = "PL_GLOBAL_SEED"
+
+
+def run_seed() -> int | None:
+    """The run's seed, as ``lightning.seed_everything`` set it (``$PL_GLOBAL_SEED``); ``None`` if none was set."""
+    seed = os.environ.get(RUN_SEED_ENV)
+    return int(seed) if seed is not None else None
+
+
+def global_draw() -> int:
+    """One non-negative 63-bit integer from torch's global generator (as torch's own samplers draw their seeds)."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+class RandomCropFlip:
+    """The paper's augmentation: a random ``size``×``size`` window and a horizontal flip with probability ½.
+
+    Every choice is read from one integer ``seed``, uniform over ``[0, SEED_RANGE)``, as digits in mixed radix:
+    the window's top row ``seed mod (H − size + 1)``, then its left column, then the flip (the next digit odd:
+    flipped). Each digit is uniform up to a relative bias below ``H · W · 2 / SEED_RANGE`` (< 1e-12 for images up
+    to 1024²). Image and mask get the same window and flip; the results are views of the inputs (no copy).
+
+    Args:
+        size: side of the window; ``None``: no crop, the flip only.
+
+    Raises:
+        ValueError: ``size`` < 1, or a sample smaller than the window (the message names both sizes).
+
+    Example:
+        >>> image, mask = np.zeros((8, 8, 1), np.float32), np.zeros((8, 8), np.int64)
+        >>> [a.shape for a in RandomCropFlip(4)(image, mask, seed=12345)]
+        [(4, 4, 1), (4, 4)]
+    """
+
+    def __init__(self, size: int | None) -> None:
+        if size is not None and size < 1:
+            raise ValueError(f"RandomCropFlip: size must be ≥ 1 or None, got {size}")
+        self.size = size
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> Sample:
+        if self.size is not None:
+            height, width = mask.shape
+            if self.size > min(height, width):
+                raise ValueError(f"RandomCropFlip: a {self.size}² window does not fit a {height}×{width} sample")
+            seed, top = divmod(seed, height - self.size + 1)
+            seed, left = divmod(seed, width - self.size + 1)
+            image = image[top : top + self.size, left : left + self.size]
+            mask = mask[top : top + self.size, left : left + self.size]
+        if seed % 2:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
 
 
 class SegmentationDataset(Dataset):
-    """Samples ``ids`` through ``load`` and an optional albumentations ``transform``.
+    """Samples ``ids`` through ``load`` and an optional ``augmentation``.
 
-    Items are dicts with ``image`` (float32 C×H×W), ``mask`` (int64 H×W) and ``id``. Before each sample the
-    transform is reseeded with a number drawn from torch's global generator: albumentations (≥ 1.4.21)
-    keeps its own generator, which ``seed_everything`` and the worker seeds would otherwise not reach.
+    Items are dicts with ``image`` (float32 C×H×W), ``mask`` (int64 H×W) and ``id``. A key is an index, or
+    ``(index, seed)`` as :class:`MultiPassBatchSampler` gives them: the seed is the augmentation's. An index
+    alone (a look at one sample) draws the seed from torch's global generator.
     """
 
-    def __init__(self, ids: Sequence[str], load: Callable[[str], Sample], transform: A.BasicTransform | None = None):
+    def __init__(self, ids: Sequence[str], load: Callable[[str], Sample], augmentation: Augmentation | None = None):
         self.ids = list(ids)
         self.load = load
-        self.transform = transform
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(self.ids[index])
-        if self.transform is not None:
-            if hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+        if self.augmentation is not None:
+            image, mask = self.augmentation(image, mask, global_draw() if seed is None else seed)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
@@ -59,30 +120,65 @@ class SegmentationDataset(Dataset):
         }
 
 
+class SeededRandomSampler(RandomSampler):
+    """A random order of the data that depends on ``(seed, epoch)`` only: the permutation of
+    :class:`~torch.utils.data.DistributedSampler` for one process (``randperm`` under ``seed + epoch``).
+
+    Being a :class:`~torch.utils.data.RandomSampler`, it tells Lightning that the loader shuffles: under several
+    processes Lightning puts in a ``DistributedSampler`` with the run's seed, which orders the same way.
+
+    Args:
+        data_source: the dataset (only its length is used).
+        seed: seed of every epoch's order.
+    """
+
+    def __init__(self, data_source: Sequence, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch (and by :class:`MultiPassBatchSampler` for each pass)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
 class MultiPassBatchSampler(BatchSampler):
-    """An epoch of the fewest whole passes over ``sampler`` that make at least ``min_steps`` batches.
+    """An epoch of the fewest whole passes over ``sampler`` that make at least ``min_steps`` batches, each item
+    with the seed of its augmentation.
 
     Each pass is :class:`~torch.utils.data.BatchSampler`'s (its last batch partial unless ``drop_last``): a
-    batch never mixes two passes, so a step sees what it would see in an epoch of one pass. A
-    :class:`~torch.utils.data.RandomSampler` draws a new permutation per pass; with one pass the batches are
-    those of ``DataLoader(shuffle=True)`` under the same seed. The passes are counted from the sampler's own
-    length, so under several processes (the :class:`~torch.utils.data.DistributedSampler` Lightning puts in,
-    keeping ``min_steps``) each process's epoch has at least ``min_steps`` steps; such a sampler, which orders
-    by its epoch (``set_epoch``, set by Lightning before every epoch), gets the epoch ``epoch · passes + pass``
-    for each pass, so the passes differ there too.
+    batch never mixes two passes, so a step sees what it would see in an epoch of one pass. The sampler (a
+    :class:`SeededRandomSampler`, or the :class:`~torch.utils.data.DistributedSampler` Lightning puts in under
+    several processes, keeping ``min_steps``) orders by its ``seed`` and epoch; pass ``k`` of epoch ``e`` gets the
+    epoch ``e · passes + k``, so every pass has an order of its own. The batches hold ``(index, seed)`` pairs: the
+    seeds, uniform over ``[0, SEED_RANGE)``, come from a generator seeded by ``(sampler seed, pass epoch,
+    process rank)``. So an epoch's batches and augmentations follow from the run's seed and the epoch alone.
+    The passes are counted from the sampler's own length, so under several processes each process's epoch has
+    at least ``min_steps`` steps.
 
     Why: under a step budget a small training set (CHASE 1/4: 4 images, one step) would otherwise end an epoch
     every step, and each epoch end costs Lightning's epoch hooks and the loader's restart, which waits for a
-    first batch with nothing prefetched (benchmarks/README.md).
+    first batch with nothing prefetched (benchmarks/README.md). The seeds travel with the indices so that the
+    loader's worker processes, which have generators of their own, draw nothing.
 
     Raises:
         ValueError: ``min_steps`` < 1.
+        TypeError: a sampler without ``seed``, ``epoch`` and ``set_epoch``.
     """
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, min_steps: int = 1) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if min_steps < 1:
             raise ValueError(f"min_steps must be ≥ 1, got {min_steps}")
+        if not all(hasattr(sampler, name) for name in ("seed", "epoch", "set_epoch")):
+            raise TypeError(
+                f"MultiPassBatchSampler needs a sampler that orders by seed and epoch (SeededRandomSampler or "
+                f"DistributedSampler), got {type(sampler).__name__}"
+            )
         self.min_steps = min_steps
 
     @property
@@ -91,15 +187,19 @@ class MultiPassBatchSampler(BatchSampler):
         per_pass = super().__len__()
         return -(-self.min_steps // per_pass) if per_pass else 1
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         passes = self.passes
         # Read when the epoch's first batch is asked for, after Lightning's set_epoch for this epoch. Not set
         # back afterwards: the iterator of an epoch is closed only once the next epoch's has started.
-        epoch = self.sampler.epoch if hasattr(self.sampler, "set_epoch") else None
+        epoch = self.sampler.epoch
+        rank = getattr(self.sampler, "rank", 0)
         for index in range(passes):
-            if epoch is not None:
-                self.sampler.set_epoch(epoch * passes + index)
-            yield from super().__iter__()
+            pass_epoch = epoch * passes + index
+            self.sampler.set_epoch(pass_epoch)
+            entropy = np.random.SeedSequence([self.sampler.seed, pass_epoch, rank]).generate_state(1, np.uint64)
+            seeds = torch.Generator().manual_seed(int(entropy[0]))
+            for batch in super().__iter__():
+                yield list(zip(batch, torch.randint(SEED_RANGE, (len(batch),), generator=seeds).tolist(), strict=True))
 
     def __len__(self) -> int:
         return self.passes * super().__len__()
@@ -192,16 +292,12 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
 
     @property
     def random_crop_size(self) -> int | None:
-        """Side of the random crop the training transform draws (``crop_size``; a dataset may crop otherwise)."""
+        """Side of the random crop the training augmentation draws (``crop_size``; a dataset may crop otherwise)."""
         return self.crop_size
 
-    def train_transform(self) -> A.BasicTransform | None:
+    def train_augmentation(self) -> Augmentation | None:
         """The paper's augmentation: a random ``random_crop_size`` crop (if set) and a horizontal flip (p = ½)."""
-        if not self.augment:
-            return None
-        size = self.random_crop_size
-        crop = [A.RandomCrop(size, size)] if size else []
-        return A.Compose([*crop, A.HorizontalFlip(p=0.5)])
+        return RandomCropFlip(self.random_crop_size) if self.augment else None
 
     # --- shared ------------------------------------------------------------------------------------
     def split_ids(self) -> Fold:
@@ -215,7 +311,7 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
             return
         ids = self.split_ids()
         self.datasets = {
-            "train": SegmentationDataset(ids["train"], self.load_sample, self.train_transform()),
+            "train": SegmentationDataset(ids["train"], self.load_sample, self.train_augmentation()),
             "val": SegmentationDataset(ids["val"], self.load_sample),
             "test": SegmentationDataset(ids["test"], self.load_sample),
         }
@@ -230,9 +326,13 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches, an epoch of whole passes with at least ``min_epoch_steps`` steps."""
+        """Shuffled batches, an epoch of whole passes with at least ``min_epoch_steps`` steps, in an order and with
+        augmentations that follow from the run's seed (``seed_everything``; without one, a draw from torch's
+        generator) and the epoch (:class:`MultiPassBatchSampler`)."""
         dataset = self.datasets["train"]
-        batches = MultiPassBatchSampler(RandomSampler(dataset), self.batch_size, False, self.min_epoch_steps)
+        seed = run_seed()
+        sampler = SeededRandomSampler(dataset, global_draw() if seed is None else seed)
+        batches = MultiPassBatchSampler(sampler, self.batch_size, False, self.min_epoch_steps)
         return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,65 +1,128 @@
-"""The shared loaders: an epoch of several passes, each a fresh permutation, batches never mixing passes."""
+"""The shared training loader: epochs of several passes, orders and augmentations that follow from the run's seed
+and the epoch alone (whatever the worker count, whatever else draws random numbers, after a resume), and the
+paper's crop and flip read from one seed per sample."""
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
 from lightning_seg.data import SyntheticDataModule
-from lightning_seg.data.base import MultiPassBatchSampler
+from lightning_seg.data.base import (
+    RUN_SEED_ENV,
+    SEED_RANGE,
+    MultiPassBatchSampler,
+    RandomCropFlip,
+    SeededRandomSampler,
+)
 
 
 def batches(sampler) -> list[list[int]]:
-    return [list(batch) for batch in sampler]
+    """The indices of each batch (the seeds dropped)."""
+    return [[index for index, _ in batch] for batch in sampler]
 
 
 def passes_of(batch_list: list[list[int]], steps_per_pass: int) -> list[list[int]]:
     return [sum(batch_list[i : i + steps_per_pass], []) for i in range(0, len(batch_list), steps_per_pass)]
 
 
+# --- RandomCropFlip -------------------------------------------------------------------------------
+# A 5×6 image (values = positions) and a 3² window: 3 tops, 4 lefts; seed = top + 3·left + 12·flip + 24·k.
 @pytest.mark.parametrize(
-    ("size", "batch_size", "drop_last"), [(6, 4, False), (8, 4, False), (6, 4, True), (1, 4, False)]
+    ("seed", "top", "left", "flipped"),
+    [(0, 0, 0, False), (1, 1, 0, False), (3, 0, 1, False), (11, 2, 3, False), (12, 0, 0, True), (23, 2, 3, True)],
 )
-def test_one_pass_is_the_shuffled_loader(size, batch_size, drop_last):
-    data = list(range(size))
-    torch.manual_seed(3)
-    expected = [b.tolist() for b in DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=drop_last)]
-    torch.manual_seed(3)
-    sampler = MultiPassBatchSampler(RandomSampler(data), batch_size, drop_last, min_steps=1)
-    assert [b.tolist() for b in DataLoader(data, batch_sampler=sampler)] == expected
-    assert len(sampler) == len(expected)
+def test_the_seed_is_read_as_top_left_and_flip(seed, top, left, flipped):
+    image = np.arange(30, dtype=np.float32).reshape(5, 6, 1)
+    mask = np.arange(30).reshape(5, 6)
+    window = (slice(top, top + 3), slice(left, left + 3))
+    expected = mask[window][:, ::-1] if flipped else mask[window]
+    for k in (0, 7):  # higher digits do not matter
+        out_image, out_mask = RandomCropFlip(3)(image, mask, seed + 24 * k)
+        np.testing.assert_array_equal(out_mask, expected)
+        np.testing.assert_array_equal(out_image[..., 0], expected)  # the image gets the mask's window and flip
+        assert np.shares_memory(out_mask, mask)  # views, no copy
+
+
+def test_without_a_size_only_the_flip_is_drawn():
+    image, mask = np.arange(12.0).reshape(3, 4, 1), np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(RandomCropFlip(None)(image, mask, 6)[1], mask)
+    np.testing.assert_array_equal(RandomCropFlip(None)(image, mask, 7)[1], mask[:, ::-1])
+
+
+def test_windows_and_flips_are_uniform_over_random_seeds():
+    mask = np.arange(30).reshape(5, 6)
+    counts: dict[tuple, int] = {}
+    for seed in torch.randint(SEED_RANGE, (12000,), generator=torch.Generator().manual_seed(0)).tolist():
+        out = RandomCropFlip(3)(mask[..., None], mask, seed)[1]
+        key = (int(out.min()), bool(out[0, 0] > out[0, -1]))  # the window's first value and the flip
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 3 * 4 * 2  # every window, each flipped and not
+    assert all(abs(n - 500) < 5 * np.sqrt(500) for n in counts.values())  # 12000 / 24 each, within 5 sd
+
+
+@pytest.mark.parametrize(("size", "message"), [(0, "size must be ≥ 1 or None, got 0"), (-2, "got -2")])
+def test_a_bad_window_size_is_refused(size, message):
+    with pytest.raises(ValueError, match=message):
+        RandomCropFlip(size)
+
+
+def test_a_window_larger_than_the_sample_is_refused():
+    with pytest.raises(ValueError, match=r"a 8² window does not fit a 5×6 sample"):
+        RandomCropFlip(8)(np.zeros((5, 6, 1)), np.zeros((5, 6)), 0)
+
+
+# --- SeededRandomSampler and MultiPassBatchSampler -------------------------------------------------
+@pytest.mark.parametrize("epoch", [0, 1, 5])
+def test_the_seeded_sampler_orders_as_a_distributed_sampler_of_one_process(epoch):
+    data = list(range(11))
+    sampler, reference = SeededRandomSampler(data, seed=4), DistributedSampler(data, num_replicas=1, rank=0, seed=4)
+    sampler.set_epoch(epoch)
+    reference.set_epoch(epoch)
+    assert list(sampler) == list(reference) and sorted(sampler) == data
+    assert isinstance(sampler, RandomSampler)  # so Lightning shuffles when it puts its own sampler in
 
 
 @pytest.mark.parametrize(
     ("size", "batch_size", "drop_last", "sizes"), [(6, 4, False, [4, 2]), (6, 4, True, [4]), (8, 4, False, [4, 4])]
 )
 def test_passes_are_permutations_in_their_own_batches(size, batch_size, drop_last, sizes):
-    torch.manual_seed(0)
     # the fewest passes with at least 4 · len(sizes) + 1 steps: 5
-    sampler = MultiPassBatchSampler(RandomSampler(range(size)), batch_size, drop_last, min_steps=4 * len(sizes) + 1)
+    sampler = MultiPassBatchSampler(SeededRandomSampler(range(size), 0), batch_size, drop_last, 4 * len(sizes) + 1)
     out = batches(sampler)
     assert sampler.passes == 5 and len(out) == len(sampler) == 5 * len(sizes)
     assert [len(b) for b in out] == sizes * 5  # a partial batch ends each pass: no batch spans two
     orders = passes_of(out, len(sizes))
-    for order in orders:
+    for k, order in enumerate(orders):
         assert len(set(order)) == len(order) and set(order) <= set(range(size))
         if not drop_last:
             assert sorted(order) == list(range(size))
+        reference = SeededRandomSampler(range(size), 0)  # pass k of epoch 0: the sampler's epoch k
+        reference.set_epoch(k)
+        assert order == list(reference)[: len(order)]
     assert len({tuple(order) for order in orders}) > 1  # drawn afresh, not one order repeated
 
 
-def test_the_same_seed_gives_the_same_epochs():
-    def epochs(seed):
-        torch.manual_seed(seed)
-        sampler = MultiPassBatchSampler(RandomSampler(range(10)), 4, False, min_steps=9)  # 3 passes of 3
-        return [batches(sampler) for _ in range(2)]
+def test_every_item_carries_a_seed_and_the_seed_and_epoch_fix_everything():
+    def epoch(seed: int, number: int) -> list[list[tuple[int, int]]]:
+        sampler = SeededRandomSampler(range(10), seed)
+        sampler.set_epoch(number)
+        return list(MultiPassBatchSampler(sampler, 4, False, min_steps=9))  # 3 passes of 3 batches
 
-    assert epochs(1) == epochs(1)
-    assert epochs(1) != epochs(2)
-    first, second = epochs(1)
-    assert first != second
+    first = epoch(1, 0)
+    seeds = [s for batch in first for _, s in batch]
+    assert all(0 <= s < SEED_RANGE for s in seeds) and len(set(seeds)) == len(seeds) == 30
+    torch.manual_seed(123)  # torch's global generator plays no part
+    assert epoch(1, 0) == first
+    assert epoch(1, 1) != first and epoch(2, 0) != first
 
 
-def as_lightning_takes_them(sampler, epoch: int, open_iterators: list) -> list[list[int]]:
+def test_the_sampler_must_order_by_seed_and_epoch():
+    with pytest.raises(TypeError, match="needs a sampler that orders by seed and epoch .* got RandomSampler"):
+        MultiPassBatchSampler(RandomSampler(range(3)), 2, False)
+
+
+def as_lightning_takes_them(sampler, epoch: int, open_iterators: list) -> list[list[tuple[int, int]]]:
     """One epoch in the order of Lightning's loop: ``set_epoch``, then the previous epoch's iterator (left open
     after exactly ``len()`` batches) is dropped, then ``len()`` batches of a new one."""
     sampler.sampler.set_epoch(epoch)
@@ -79,16 +142,19 @@ def test_distributed_passes_differ_and_every_epoch_is_new():
     epochs, open_iterators = [], [[], []]
     for epoch in (0, 1):
         out = [as_lightning_takes_them(s, epoch, open_iterators[r]) for r, s in enumerate(samplers)]
+        indices = [[[i for i, _ in batch] for batch in rank] for rank in out]
         for r in range(2):
             # pass k of epoch e is the DistributedSampler's epoch e·3 + k
             expected = []
             for k in range(3):
                 reference = DistributedSampler(data, num_replicas=2, rank=r, shuffle=True, seed=0)
                 reference.set_epoch(epoch * 3 + k)
-                expected += batches(BatchSampler(reference, 2, False))
-            assert out[r] == expected
+                expected += [list(b) for b in BatchSampler(reference, 2, False)]
+            assert indices[r] == expected
         for k in range(3):  # every pass splits the data between the two ranks
-            assert sorted(sum(out[0][3 * k : 3 * k + 3] + out[1][3 * k : 3 * k + 3], [])) == data
+            assert sorted(sum(indices[0][3 * k : 3 * k + 3] + indices[1][3 * k : 3 * k + 3], [])) == data
+        seeds = [[s for batch in rank for _, s in batch] for rank in out]
+        assert not set(seeds[0]) & set(seeds[1])  # the ranks draw their own augmentations
         epochs.append(out)
     assert epochs[0] != epochs[1]
 
@@ -109,7 +175,48 @@ def test_lightning_keeps_min_steps_when_it_puts_in_a_distributed_sampler():
 
 def test_min_steps_must_be_positive():
     with pytest.raises(ValueError, match="min_steps must be ≥ 1, got 0"):
-        MultiPassBatchSampler(RandomSampler(range(3)), 2, False, min_steps=0)
+        MultiPassBatchSampler(SeededRandomSampler(range(3), 0), 2, False, min_steps=0)
+
+
+# --- the training loader of a data module ----------------------------------------------------------
+def training_epochs(monkeypatch, num_workers: int, epochs: range, draws_between_steps: bool = False) -> list:
+    """The images and masks of the training batches of ``epochs``, as Lightning asks for them (``set_epoch``
+    on the loader's sampler before each epoch), from a fresh data module with random crops and flips."""
+    monkeypatch.setenv(RUN_SEED_ENV, "3")
+    dm = SyntheticDataModule(num_images=20, image_size=16, crop_size=8, num_workers=num_workers, min_epoch_steps=4)
+    dm.setup()
+    loader = dm.train_dataloader()
+    out = []
+    for epoch in epochs:
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        for batch in loader:
+            out.append((batch["id"], batch["image"], batch["mask"]))
+            if draws_between_steps:
+                torch.rand(5)  # e.g. dropout in the model
+    return out
+
+
+def assert_same_batches(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for (ids_a, image_a, mask_a), (ids_b, image_b, mask_b) in zip(first, second, strict=True):
+        assert ids_a == ids_b and torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)
+
+
+def test_training_batches_do_not_depend_on_the_worker_count_or_other_draws(monkeypatch):
+    torch.manual_seed(0)
+    in_process = training_epochs(monkeypatch, 0, range(3))
+    torch.manual_seed(1)  # the global generator's state plays no part either
+    assert_same_batches(in_process, training_epochs(monkeypatch, 2, range(3), draws_between_steps=True))
+    assert_same_batches(in_process, training_epochs(monkeypatch, 0, range(3), draws_between_steps=True))
+    crops = [image for _, images, _ in in_process for image in images]
+    # 12 images seen 6 times each, 162 windows and flips per image: a few repeats by chance, most crops new
+    assert len({tuple(c.flatten().tolist()) for c in crops}) > 0.9 * len(crops) == 0.9 * 72
+
+
+def test_a_resumed_run_sees_the_batches_of_an_unstopped_one(monkeypatch):
+    unstopped = training_epochs(monkeypatch, 0, range(3))
+    steps_per_epoch = len(unstopped) // 3
+    assert_same_batches(unstopped[steps_per_epoch:], training_epochs(monkeypatch, 2, range(1, 3)))
 
 
 @pytest.mark.parametrize(

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from ..base import Sample
+from ..base import Sample, run_seed
 from ..info import DatasetInfo, github_archive
 from .file import FileDataModule
 
 log = logging.getLogger(__name__)
-
-#: environment variable in which ``lightning.seed_everything`` leaves the run's seed
-RUN_SEED_ENV = "PL_GLOBAL_SEED"
 
 
 def section_block(key: str) -> str:
@@ -125,10 +121,10 @@ class DrosophilaDataModule(FileDataModule):
         if self.patch_seed is not None:
             return self.patch_seed
         if self._run_seed is None:
-            seed = os.environ.get(RUN_SEED_ENV)
+            seed = run_seed()
             if seed is None:
                 log.warning("drosophila: patch_seed=None and no run seed is set (seed_everything): patches use seed 0")
-            self._run_seed = int(seed or 0)
+            self._run_seed = seed or 0
         return self._run_seed
 
     def setup(self, stage: str | None = None) -> None:
@@ -186,6 +182,6 @@ class DrosophilaDataModule(FileDataModule):
             y, x = (index // per_row) * size, (index % per_row) * size
         elif self.fixed_patches:
             y, x = self.patch_origin(match["key"], index)
-        else:  # the training transform draws the random crop from the whole image
+        else:  # the training augmentation draws the random crop from the whole image
             return image, mask
         return image[y : y + size, x : x + size], mask[y : y + size, x : x + size]

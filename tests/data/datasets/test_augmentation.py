@@ -114,7 +114,7 @@ def test_fixed_patches_are_the_same_windows_every_epoch_with_a_fresh_flip():
     assert seen == {True, False}  # flipped in some epochs, not in others
     plain = drosophila(fold=1, patch_seed=2, augment=False)
     plain.setup()
-    assert plain.train_transform() is None and torch.equal(plain.datasets["train"][5]["image"], window)
+    assert plain.train_augmentation() is None and torch.equal(plain.datasets["train"][5]["image"], window)
 
 
 # --- fresh random crops (the option) ---------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_random_crops_are_fresh_each_time_and_reproducible_per_seed():
 def test_dataloader_workers_draw_different_random_crops():
     """Two workers cropping the same image draw different crops, and the same ones again under the same seed."""
     dm = drosophila(fixed_patches=False)
-    same_image = SegmentationDataset(["05/crop0"] * 8, dm.load_sample, dm.train_transform())
+    same_image = SegmentationDataset(["05/crop0"] * 8, dm.load_sample, dm.train_augmentation())
 
     def batches():
         L.seed_everything(3, verbose=False)

@@ -249,9 +249,18 @@ def lightning_seg(*args: str, timeout: float = 300) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
 
-def killed_during_training(root: Path, signum: int, after_epoch: int) -> subprocess.Popen:
-    """Start the fit and send ``signum`` once last.ckpt holds epoch ``after_epoch`` (bounded in time)."""
-    command = [sys.executable, "-m", "lightning_seg.cli", "fit", *RESUMABLE, f"--trainer.default_root_dir={root}"]
+def killed_during_training(root: Path, signum: int, after_epoch: int, *extra: str) -> subprocess.Popen:
+    """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``
+    (bounded in time)."""
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_seg.cli",
+        "fit",
+        *RESUMABLE,
+        *extra,
+        f"--trainer.default_root_dir={root}",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     deadline = time.monotonic() + 600
     try:
@@ -308,12 +317,15 @@ def test_output_is_quiet_and_ends_naming_the_folder_and_the_best_checkpoint(unin
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")
 def test_a_fit_killed_and_run_again_resumes_to_the_same_results(uninterrupted, tmp_path):
+    """With loader workers, which fetch a resumed epoch's first batches before Lightning sets the epoch, against a
+    reference without: the same results (the worker count is not a setting)."""
     reference, _ = uninterrupted
     root = tmp_path / "killed"
-    killed = killed_during_training(root, signal.SIGKILL, after_epoch=1)
+    workers = "--data.init_args.num_workers=2"
+    killed = killed_during_training(root, signal.SIGKILL, 1, workers)
     assert killed.returncode == -signal.SIGKILL
     assert not (root / Records.TEST_METRICS).exists()
-    again = lightning_seg("fit", *RESUMABLE, f"--trainer.default_root_dir={root}")
+    again = lightning_seg("fit", *RESUMABLE, workers, f"--trainer.default_root_dir={root}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"lightning-seg: resuming {root} from checkpoints/last.ckpt (step " in again.stdout
     assert_same_results(reference, root)

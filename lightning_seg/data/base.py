@@ -17,6 +17,7 @@ during training, and after a resume from an epoch end.
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from .splits import Fold, subset
 
+log = logging.getLogger(__name__)
+
 #: ``(image H×W×C float32 in [0, 1], mask H×W int64)``
 Sample = tuple[np.ndarray, np.ndarray]
 #: a training augmentation: ``(image, mask, seed) -> (image, mask)``, every random choice read from ``seed``
@@ -39,10 +42,21 @@ SEED_RANGE = 2**62
 RUN_SEED_ENV = "PL_GLOBAL_SEED"
 
 
-def run_seed() -> int | None:
-    """The run's seed, as ``lightning.seed_everything`` set it (``$PL_GLOBAL_SEED``); ``None`` if none was set."""
+def run_seed(user: str) -> int:
+    """The run's seed, as ``lightning.seed_everything`` set it (``$PL_GLOBAL_SEED``); 0, with a warning naming
+    ``user``, when none was set (a fixed fallback, so that a resumed run draws what the stopped one did)."""
     seed = os.environ.get(RUN_SEED_ENV)
-    return int(seed) if seed is not None else None
+    if seed is None:
+        log.warning("%s: no run seed is set (seed_everything): using seed 0", user)
+        return 0
+    return int(seed)
+
+
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A torch generator seeded from the non-negative integers ``entropy`` through NumPy's ``SeedSequence``:
+    nearby inputs (seed 1 at epoch 0, seed 0 at epoch 1) give unrelated streams."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 def global_draw() -> int:
@@ -121,11 +135,11 @@ class SegmentationDataset(Dataset):
 
 
 class SeededRandomSampler(RandomSampler):
-    """A random order of the data that depends on ``(seed, epoch)`` only: the permutation of
-    :class:`~torch.utils.data.DistributedSampler` for one process (``randperm`` under ``seed + epoch``).
+    """A random order of the data that depends on ``(seed, epoch)`` only: ``randperm`` under a generator seeded by
+    both (:func:`seeded_generator`), so that the orders of two seeds never coincide at shifted epochs.
 
     Being a :class:`~torch.utils.data.RandomSampler`, it tells Lightning that the loader shuffles: under several
-    processes Lightning puts in a ``DistributedSampler`` with the run's seed, which orders the same way.
+    processes Lightning puts in a ``DistributedSampler`` with the run's seed (which orders by ``seed + epoch``).
 
     Args:
         data_source: the dataset (only its length is used).
@@ -142,8 +156,7 @@ class SeededRandomSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        yield from torch.randperm(len(self.data_source), generator=seeded_generator(self.seed, self.epoch)).tolist()
 
 
 class MultiPassBatchSampler(BatchSampler):
@@ -153,12 +166,16 @@ class MultiPassBatchSampler(BatchSampler):
     Each pass is :class:`~torch.utils.data.BatchSampler`'s (its last batch partial unless ``drop_last``): a
     batch never mixes two passes, so a step sees what it would see in an epoch of one pass. The sampler (a
     :class:`SeededRandomSampler`, or the :class:`~torch.utils.data.DistributedSampler` Lightning puts in under
-    several processes, keeping ``min_steps``) orders by its ``seed`` and epoch; pass ``k`` of epoch ``e`` gets the
-    epoch ``e · passes + k``, so every pass has an order of its own. The batches hold ``(index, seed)`` pairs: the
-    seeds, uniform over ``[0, SEED_RANGE)``, come from a generator seeded by ``(sampler seed, pass epoch,
-    process rank)``. So an epoch's batches and augmentations follow from the run's seed and the epoch alone.
-    The passes are counted from the sampler's own length, so under several processes each process's epoch has
-    at least ``min_steps`` steps.
+    several processes, keeping this sampler's arguments) orders by its ``seed`` and epoch; pass ``k`` of epoch
+    ``e`` gets the epoch ``e · passes + k``, so every pass has an order of its own. The batches hold ``(index,
+    seed)`` pairs: the seeds, uniform over ``[0, SEED_RANGE)``, come from a generator seeded by ``(sampler seed,
+    pass epoch, process rank)``. So an epoch's batches and augmentations follow from the run's seed and the epoch
+    alone. The passes are counted from the sampler's own length, so under several processes each process's epoch
+    has at least ``min_steps`` steps. A sampler without ``seed`` and ``epoch`` (the ``SequentialSampler`` that
+    Lightning's ``overfit_batches`` puts in) counts as seed 0 at epoch 0.
+
+    ``start_epoch`` is set on the sampler at once: a loader asked for at a resume, whose worker processes fetch the
+    first batches before Lightning's ``set_epoch``, starts at the resumed epoch.
 
     Why: under a step budget a small training set (CHASE 1/4: 4 images, one step) would otherwise end an epoch
     every step, and each epoch end costs Lightning's epoch hooks and the loader's restart, which waits for a
@@ -166,20 +183,21 @@ class MultiPassBatchSampler(BatchSampler):
     loader's worker processes, which have generators of their own, draw nothing.
 
     Raises:
-        ValueError: ``min_steps`` < 1.
-        TypeError: a sampler without ``seed``, ``epoch`` and ``set_epoch``.
+        ValueError: ``min_steps`` < 1 or ``start_epoch`` < 0.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, min_steps: int = 1) -> None:
+    def __init__(
+        self, sampler: Sampler, batch_size: int, drop_last: bool, min_steps: int = 1, start_epoch: int = 0
+    ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if min_steps < 1:
             raise ValueError(f"min_steps must be ≥ 1, got {min_steps}")
-        if not all(hasattr(sampler, name) for name in ("seed", "epoch", "set_epoch")):
-            raise TypeError(
-                f"MultiPassBatchSampler needs a sampler that orders by seed and epoch (SeededRandomSampler or "
-                f"DistributedSampler), got {type(sampler).__name__}"
-            )
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be ≥ 0, got {start_epoch}")
         self.min_steps = min_steps
+        self.start_epoch = start_epoch
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(start_epoch)
 
     @property
     def passes(self) -> int:
@@ -189,15 +207,16 @@ class MultiPassBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         passes = self.passes
-        # Read when the epoch's first batch is asked for, after Lightning's set_epoch for this epoch. Not set
-        # back afterwards: the iterator of an epoch is closed only once the next epoch's has started.
-        epoch = self.sampler.epoch
-        rank = getattr(self.sampler, "rank", 0)
+        # Read when the epoch's first batch is asked for, after Lightning's set_epoch for this epoch (or, for the
+        # first epoch of a loader, start_epoch). Not set back afterwards: the iterator of an epoch is closed only
+        # once the next epoch's has started.
+        epoch = getattr(self.sampler, "epoch", 0)
+        seed, rank = getattr(self.sampler, "seed", 0), getattr(self.sampler, "rank", 0)
         for index in range(passes):
             pass_epoch = epoch * passes + index
-            self.sampler.set_epoch(pass_epoch)
-            entropy = np.random.SeedSequence([self.sampler.seed, pass_epoch, rank]).generate_state(1, np.uint64)
-            seeds = torch.Generator().manual_seed(int(entropy[0]))
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(pass_epoch)
+            seeds = seeded_generator(seed, pass_epoch, rank)
             for batch in super().__iter__():
                 yield list(zip(batch, torch.randint(SEED_RANGE, (len(batch),), generator=seeds).tolist(), strict=True))
 
@@ -327,12 +346,13 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches, an epoch of whole passes with at least ``min_epoch_steps`` steps, in an order and with
-        augmentations that follow from the run's seed (``seed_everything``; without one, a draw from torch's
-        generator) and the epoch (:class:`MultiPassBatchSampler`)."""
+        augmentations that follow from the run's seed (``seed_everything``) and the epoch
+        (:class:`MultiPassBatchSampler`), starting at the trainer's epoch (a resumed run's)."""
         dataset = self.datasets["train"]
-        seed = run_seed()
-        sampler = SeededRandomSampler(dataset, global_draw() if seed is None else seed)
-        batches = MultiPassBatchSampler(sampler, self.batch_size, False, self.min_epoch_steps)
+        trainer = self.trainer
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        sampler = SeededRandomSampler(dataset, run_seed(f"{type(self).__name__}'s training order"))
+        batches = MultiPassBatchSampler(sampler, self.batch_size, False, self.min_epoch_steps, start_epoch=epoch)
         return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:

@@ -2,10 +2,11 @@
 and the epoch alone (whatever the worker count, whatever else draws random numbers, after a resume), and the
 paper's crop and flip read from one seed per sample."""
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from lightning_seg.data import SyntheticDataModule
 from lightning_seg.data.base import (
@@ -73,14 +74,16 @@ def test_a_window_larger_than_the_sample_is_refused():
 
 
 # --- SeededRandomSampler and MultiPassBatchSampler -------------------------------------------------
-@pytest.mark.parametrize("epoch", [0, 1, 5])
-def test_the_seeded_sampler_orders_as_a_distributed_sampler_of_one_process(epoch):
-    data = list(range(11))
-    sampler, reference = SeededRandomSampler(data, seed=4), DistributedSampler(data, num_replicas=1, rank=0, seed=4)
-    sampler.set_epoch(epoch)
-    reference.set_epoch(epoch)
-    assert list(sampler) == list(reference) and sorted(sampler) == data
-    assert isinstance(sampler, RandomSampler)  # so Lightning shuffles when it puts its own sampler in
+def test_the_seeded_order_depends_on_seed_and_epoch_alone_and_seeds_are_not_shifted_epochs():
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = SeededRandomSampler(range(11), seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    torch.manual_seed(5)  # torch's global generator plays no part
+    assert sorted(order(4, 1)) == list(range(11)) and order(4, 1) == order(4, 1)
+    assert len({tuple(order(seed, epoch)) for seed in range(3) for epoch in range(3)}) == 9
+    assert isinstance(SeededRandomSampler(range(3), 0), RandomSampler)  # so Lightning shuffles under DDP
 
 
 @pytest.mark.parametrize(
@@ -106,8 +109,7 @@ def test_passes_are_permutations_in_their_own_batches(size, batch_size, drop_las
 def test_every_item_carries_a_seed_and_the_seed_and_epoch_fix_everything():
     def epoch(seed: int, number: int) -> list[list[tuple[int, int]]]:
         sampler = SeededRandomSampler(range(10), seed)
-        sampler.set_epoch(number)
-        return list(MultiPassBatchSampler(sampler, 4, False, min_steps=9))  # 3 passes of 3 batches
+        return list(MultiPassBatchSampler(sampler, 4, False, min_steps=9, start_epoch=number))  # 3 passes of 3
 
     first = epoch(1, 0)
     seeds = [s for batch in first for _, s in batch]
@@ -117,9 +119,23 @@ def test_every_item_carries_a_seed_and_the_seed_and_epoch_fix_everything():
     assert epoch(1, 1) != first and epoch(2, 0) != first
 
 
-def test_the_sampler_must_order_by_seed_and_epoch():
-    with pytest.raises(TypeError, match="needs a sampler that orders by seed and epoch .* got RandomSampler"):
-        MultiPassBatchSampler(RandomSampler(range(3)), 2, False)
+def test_a_sampler_without_seed_and_epoch_counts_as_seed_0_at_epoch_0():
+    """Lightning's overfit_batches puts in a SequentialSampler: the data in order, the augmentations of seed 0."""
+    plain = list(MultiPassBatchSampler(SequentialSampler(range(5)), 2, False, min_steps=6))
+    assert [[i for i, _ in b] for b in plain] == [[0, 1], [2, 3], [4]] * 2
+    seeded = list(MultiPassBatchSampler(SeededRandomSampler(range(5), 0), 2, False, min_steps=6))
+    assert [s for b in plain for _, s in b] == [s for b in seeded for _, s in b]
+
+
+def test_the_first_epoch_is_start_epoch_before_any_set_epoch():
+    sampler = SeededRandomSampler(range(10), 7)
+    started = list(MultiPassBatchSampler(sampler, 4, False, min_steps=6, start_epoch=3))
+    reference = SeededRandomSampler(range(10), 7)
+    batches_of_3 = MultiPassBatchSampler(reference, 4, False, min_steps=6)
+    reference.set_epoch(3)
+    assert started == list(batches_of_3)
+    with pytest.raises(ValueError, match="start_epoch must be ≥ 0, got -1"):
+        MultiPassBatchSampler(sampler, 4, False, start_epoch=-1)
 
 
 def as_lightning_takes_them(sampler, epoch: int, open_iterators: list) -> list[list[tuple[int, int]]]:
@@ -171,6 +187,8 @@ def test_lightning_keeps_min_steps_when_it_puts_in_a_distributed_sampler():
     rank = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=0))
     assert isinstance(rank.batch_sampler, MultiPassBatchSampler) and rank.batch_sampler.min_steps == 9
     assert len(rank) == 9  # 3 images per process, 1 step per pass: 9 passes
+    batch = next(iter(rank))  # (index, seed) pairs that load
+    assert batch["image"].shape == (3, 1, 16, 16) and len(set(batch["id"])) == 3
 
 
 def test_min_steps_must_be_positive():
@@ -179,17 +197,27 @@ def test_min_steps_must_be_positive():
 
 
 # --- the training loader of a data module ----------------------------------------------------------
-def training_epochs(monkeypatch, num_workers: int, epochs: range, draws_between_steps: bool = False) -> list:
-    """The images and masks of the training batches of ``epochs``, as Lightning asks for them (``set_epoch``
-    on the loader's sampler before each epoch), from a fresh data module with random crops and flips."""
+def training_epochs(
+    monkeypatch, num_workers: int, epochs: range, draws_between_steps: bool = False, resumed: bool = False
+) -> list:
+    """The images and masks of the training batches of ``epochs``, from a fresh data module with random crops and
+    flips, asked for in Lightning's order: the loader is made and iterated once (its workers fetch ahead), then
+    ``set_epoch`` comes before each epoch's batches. ``resumed``: the loader is made by a trainer that resumes at
+    ``epochs[0]``."""
     monkeypatch.setenv(RUN_SEED_ENV, "3")
     dm = SyntheticDataModule(num_images=20, image_size=16, crop_size=8, num_workers=num_workers, min_epoch_steps=4)
     dm.setup()
+    if resumed:
+        dm.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        dm.trainer.fit_loop.epoch_progress.current.processed = epochs[0]
     loader = dm.train_dataloader()
+    iterator = iter(loader)  # FitLoop.setup_data, before the first set_epoch
     out = []
     for epoch in epochs:
-        loader.batch_sampler.sampler.set_epoch(epoch)
-        for batch in loader:
+        loader.batch_sampler.sampler.set_epoch(epoch)  # FitLoop.on_advance_start
+        if epoch != epochs[0]:
+            iterator = iter(loader)  # TrainingEpochLoop.on_run_start, from the second epoch on
+        for batch in iterator:
             out.append((batch["id"], batch["image"], batch["mask"]))
             if draws_between_steps:
                 torch.rand(5)  # e.g. dropout in the model
@@ -213,10 +241,21 @@ def test_training_batches_do_not_depend_on_the_worker_count_or_other_draws(monke
     assert len({tuple(c.flatten().tolist()) for c in crops}) > 0.9 * len(crops) == 0.9 * 72
 
 
-def test_a_resumed_run_sees_the_batches_of_an_unstopped_one(monkeypatch):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_run_sees_the_batches_of_an_unstopped_one(monkeypatch, num_workers):
     unstopped = training_epochs(monkeypatch, 0, range(3))
     steps_per_epoch = len(unstopped) // 3
-    assert_same_batches(unstopped[steps_per_epoch:], training_epochs(monkeypatch, 2, range(1, 3)))
+    resumed = training_epochs(monkeypatch, num_workers, range(1, 3), resumed=True)
+    assert_same_batches(unstopped[steps_per_epoch:], resumed)
+
+
+def test_without_a_run_seed_the_order_is_seed_0s_and_says_so(monkeypatch, caplog):
+    monkeypatch.delenv(RUN_SEED_ENV, raising=False)
+    dm = SyntheticDataModule(num_images=20, image_size=16)
+    dm.setup()
+    with caplog.at_level("WARNING", logger="lightning_seg.data.base"):
+        sampler = dm.train_dataloader().batch_sampler.sampler
+    assert sampler.seed == 0 and "SyntheticDataModule's training order: no run seed is set" in caplog.text
 
 
 @pytest.mark.parametrize(

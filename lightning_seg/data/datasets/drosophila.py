@@ -121,10 +121,7 @@ class DrosophilaDataModule(FileDataModule):
         if self.patch_seed is not None:
             return self.patch_seed
         if self._run_seed is None:
-            seed = run_seed()
-            if seed is None:
-                log.warning("drosophila: patch_seed=None and no run seed is set (seed_everything): patches use seed 0")
-            self._run_seed = seed or 0
+            self._run_seed = run_seed("drosophila: patch_seed=None: the fixed patches")
         return self._run_seed
 
     def setup(self, stage: str | None = None) -> None:

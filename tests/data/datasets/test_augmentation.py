@@ -60,9 +60,9 @@ def test_fixed_patches_follow_seed_everything(monkeypatch):
 
 
 def test_without_a_run_seed_patches_use_seed_0_and_say_so(run_seed, caplog):
-    with caplog.at_level("WARNING", logger="lightning_seg.data.datasets.drosophila"):
+    with caplog.at_level("WARNING", logger="lightning_seg.data.base"):
         assert drosophila().resolved_patch_seed == 0
-    assert "no run seed is set" in caplog.text
+    assert "drosophila: patch_seed=None: the fixed patches: no run seed is set" in caplog.text
 
 
 @pytest.mark.parametrize("fold", range(5))

@@ -40,7 +40,7 @@ def test_format_table_puts_losses_side_by_side_and_marks_the_best():
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    args = ["--grid", str(GRID), "--out", str(out), "--parallel", "1", *(f"--set={o}" for o in TINY)]
+    args = ["--grid", str(GRID), "--out", str(out), "--parallel", "2", *(f"--set={o}" for o in TINY)]
     return out, args
 
 

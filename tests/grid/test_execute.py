@@ -275,7 +275,7 @@ def test_a_grid_killed_half_way_resumes_where_it_stopped(tmp_path, capsys):
     states = [run_status(out / r.relpath) for r in runs]
     assert states[0] == "done" and "done" not in states[1:]
 
-    assert grid_main(["run", str(grid), *args, "--aggregate"]) == 0
+    assert grid_main(["run", str(grid), *args, "--parallel", "2", "--aggregate"]) == 0  # the last --parallel wins
     assert (first / RESULT).read_text() == finished  # not redone
     assert f"| {TINY_MODEL} | 1 | ce | 3 |" in (out / "results.md").read_text()  # aggregated once all were done
     assert len(attempts(first)) == 1

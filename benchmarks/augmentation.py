@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -44,7 +43,7 @@ from lightning_seg.data import (  # noqa: E402
     DrosophilaDataModule,
     SyntheticDataModule,
 )
-from lightning_seg.data.base import SEED_RANGE  # noqa: E402
+from lightning_seg.data.base import SEED_RANGE, as_item  # noqa: E402
 
 #: name -> (data module, its arguments besides data_dir): the paper's scale
 DATASETS = {
@@ -65,11 +64,7 @@ def albumentations_item(dataset, compose, index: int) -> dict:
     image, mask = dataset.load(dataset.ids[index])
     compose.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     out = compose(image=image, mask=mask)
-    return {
-        "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32)),
-        "mask": torch.from_numpy(np.ascontiguousarray(out["mask"], dtype=np.int64)),
-        "id": dataset.ids[index],
-    }
+    return as_item(out["image"], out["mask"], dataset.ids[index])
 
 
 def measure(name: str, args: argparse.Namespace) -> str:

@@ -106,6 +106,16 @@ class RandomCropFlip:
         return f"{type(self).__name__}(size={self.size})"
 
 
+def as_item(image: np.ndarray, mask: np.ndarray, sample_id: str) -> dict:
+    """A dataset item: ``image`` (H×W×C, any float or integer type, possibly a view) as float32 C×H×W, ``mask`` as
+    int64 H×W, each copied once into contiguous memory, and the sample's ``id``."""
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+        "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+        "id": sample_id,
+    }
+
+
 class SegmentationDataset(Dataset):
     """Samples ``ids`` through ``load`` and an optional ``augmentation``.
 
@@ -127,11 +137,7 @@ class SegmentationDataset(Dataset):
         image, mask = self.load(self.ids[index])
         if self.augmentation is not None:
             image, mask = self.augmentation(image, mask, global_draw() if seed is None else seed)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
-            "id": self.ids[index],
-        }
+        return as_item(image, mask, self.ids[index])
 
 
 class SeededRandomSampler(RandomSampler):

@@ -16,6 +16,7 @@ for images, nearest for labels).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from abc import abstractmethod
@@ -196,6 +197,11 @@ class FileDataModule(SegmentationDataModule):
             self.decoded(key)
         super().setup(stage)
 
+    @functools.cached_property
+    def _resolved_data_dir(self) -> str:
+        """``data_dir`` with its links resolved, once (a file-system walk that every sample would otherwise pay)."""
+        return str(Path(self.data_dir).resolve())
+
     def decoded(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Image (uint8 H×W×C, or float32 in [0, 1] once resized) and uint8 class mask of one image, cached.
 
@@ -203,7 +209,7 @@ class FileDataModule(SegmentationDataModule):
         """
         cache_key = (
             type(self).__qualname__,
-            str(Path(self.data_dir).resolve()),
+            self._resolved_data_dir,
             self.image_size,
             self.interpolation,
             key,

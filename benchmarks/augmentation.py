@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import append_table, device_name  # noqa: E402
+from models import device_name, report_table  # noqa: E402
 
 from lightning_seg.data import (  # noqa: E402
     ChaseDataModule,
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         rows.append(measure(name, args))
         print(rows[-1], flush=True)
-    print(HEADER)
-    print("\n".join(rows), flush=True)
-    if args.output is not None:
-        append_table(args.output, HEADER, rows)
+    report_table(HEADER, rows, args.output)
     return 0
 
 

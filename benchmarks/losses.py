@@ -37,7 +37,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import append_table, device_name, synchronize  # noqa: E402
+from models import device_name, report_table, synchronize  # noqa: E402
 
 from lightning_seg.losses import build_loss  # noqa: E402
 
@@ -166,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{common} {name} | {1e3 * statistics.median(times[name]):.2f} | {statistics.median(ratios):.2f}× "
             f"| {low:.2f}–{high:.2f} |"
         )
-    print(HEADER)
-    print("\n".join(rows), flush=True)
-    if args.output is not None:
-        append_table(args.output, HEADER, rows)
+    report_table(HEADER, rows, args.output)
     return 0
 
 

@@ -80,6 +80,14 @@ def append_table(path: Path, header: str, rows: list[str]) -> None:
         f.write((header + "\n" if new else "") + "\n".join(rows) + "\n")
 
 
+def report_table(header: str, rows: list[str], output: Path | None) -> None:
+    """Print the Markdown table (``header`` and ``rows``) and, with ``output``, append the rows to that file."""
+    print(header)
+    print("\n".join(rows), flush=True)
+    if output is not None:
+        append_table(output, header, rows)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import append_table, device_name, synchronize  # noqa: E402
+from models import device_name, report_table, synchronize  # noqa: E402
 
 from lightning_seg.prediction import predicted_classes  # noqa: E402
 
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {args.date} | {device_name(device)} | {torch.__version__} | {'×'.join(map(str, dims))} "
             f"| {1e3 * statistics.median(argmax):.3f} | {1e3 * statistics.median(indices):.3f} | {ratio:.1f}× |"
         )
-    print(HEADER)
-    print("\n".join(rows), flush=True)
-    if args.output is not None:
-        append_table(args.output, HEADER, rows)
+    report_table(HEADER, rows, args.output)
     return 0
 
 

@@ -32,7 +32,9 @@ from .splits import Fold, subset
 
 log = logging.getLogger(__name__)
 
-#: ``(image H×W×C float32 in [0, 1], mask H×W int64)``
+#: ``(image H×W×C, mask H×W)``: the image float32 in [0, 1] or uint8 (read as value / 255), the mask an integer
+#: array of class indices and ``ignore_index``; either may be a read-only view of a cached array. The conversion to
+#: float32 and int64 tensors is made by :func:`as_item`, after the training crop.
 Sample = tuple[np.ndarray, np.ndarray]
 #: a training augmentation: ``(image, mask, seed) -> (image, mask)``, every random choice read from ``seed``
 Augmentation = Callable[[np.ndarray, np.ndarray, int], Sample]
@@ -107,11 +109,21 @@ class RandomCropFlip:
 
 
 def as_item(image: np.ndarray, mask: np.ndarray, sample_id: str) -> dict:
-    """A dataset item: ``image`` (H×W×C, any float or integer type, possibly a view) as float32 C×H×W, ``mask`` as
-    int64 H×W, each copied once into contiguous memory, and the sample's ``id``."""
+    """A dataset item: ``image`` (H×W×C :data:`Sample` image, possibly a view) as float32 C×H×W, uint8 divided by 255,
+    ``mask`` as int64 H×W, each copied once into memory of its own (never a view of a cached array), and the
+    sample's ``id``.
+
+    Example:
+        >>> item = as_item(np.full((2, 3, 1), 255, np.uint8), np.zeros((2, 3), np.uint8), "a")
+        >>> item["image"].shape, item["image"].max().item(), item["mask"].dtype
+        (torch.Size([1, 2, 3]), 1.0, torch.int64)
+    """
+    chw = image.transpose(2, 0, 1).astype(np.float32, order="C")
+    if image.dtype == np.uint8:
+        chw /= np.float32(255.0)
     return {
-        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-        "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+        "image": torch.from_numpy(chw),
+        "mask": torch.from_numpy(mask.astype(np.int64, order="C")),
         "id": sample_id,
     }
 

@@ -15,6 +15,8 @@ from lightning_seg.data.base import (
     MultiPassBatchSampler,
     RandomCropFlip,
     SeededRandomSampler,
+    SegmentationDataset,
+    as_item,
 )
 
 
@@ -194,6 +196,39 @@ def test_lightning_keeps_min_steps_when_it_puts_in_a_distributed_sampler():
 def test_min_steps_must_be_positive():
     with pytest.raises(ValueError, match="min_steps must be ≥ 1, got 0"):
         MultiPassBatchSampler(SeededRandomSampler(range(3), 0), 2, False, min_steps=0)
+
+
+# --- as_item: the conversion after the crop --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (np.array([[[0], [51]], [[255], [128]]], np.uint8), [[[0.0, 0.2], [1.0, 128 / 255]]]),  # uint8: value / 255
+        (np.array([[[0.5, 0.25]]], np.float32), [[[0.5]], [[0.25]]]),  # float32 as it is, channels first
+        (np.array([[[0.5]]], np.float64), [[[0.5]]]),
+    ],
+)
+def test_an_item_is_float32_channels_first_and_uint8_is_divided_by_255(image, expected):
+    item = as_item(image, np.zeros(image.shape[:2], np.uint8), "a")
+    assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.int64 and item["id"] == "a"
+    torch.testing.assert_close(item["image"], torch.tensor(expected), rtol=0, atol=0)
+
+
+def test_uint8_items_equal_a_conversion_before_the_crop():
+    """Converting the crop gives the values that converting the whole image and cropping it gave."""
+    whole = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    whole_mask = np.zeros((9, 7), np.uint8)
+    crop, mask = RandomCropFlip(4)(whole, whole_mask, seed=12345)
+    converted_first, _ = RandomCropFlip(4)(whole.astype(np.float32) / np.float32(255.0), whole_mask, seed=12345)
+    assert torch.equal(as_item(crop, mask, "a")["image"], torch.from_numpy(converted_first.transpose(2, 0, 1).copy()))
+
+
+def test_items_never_share_memory_with_read_only_samples():
+    image, mask = np.full((4, 4, 1), 0.5, np.float32), np.ones((4, 4), np.int64)
+    image.flags.writeable = mask.flags.writeable = False  # as the file datasets' cache holds them
+    dataset = SegmentationDataset(["a"], lambda _: (image, mask))
+    item = dataset[0]
+    item["image"].zero_(), item["mask"].zero_()  # a user's in-place transform of a batch
+    assert (dataset[0]["image"] == 0.5).all() and (dataset[0]["mask"] == 1).all()
 
 
 # --- the training loader of a data module ----------------------------------------------------------

@@ -203,7 +203,7 @@ class FileDataModule(SegmentationDataModule):
         return str(Path(self.data_dir).resolve())
 
     def decoded(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Image (uint8 H×W×C, or float32 in [0, 1] once resized) and uint8 class mask of one image, cached.
+        """Image (uint8 H×W×C, or float32 in [0, 1] once resized) and uint8 class mask of one image, cached, read-only.
 
         The dataset's files are checked (:meth:`check_files`) before the first decode of the process.
         """
@@ -216,7 +216,10 @@ class FileDataModule(SegmentationDataModule):
         )
         if cache_key not in _CACHE:
             self.check_files()
-            _CACHE[cache_key] = self.decode(key)
+            arrays = self.decode(key)
+            for array in arrays:  # samples are views of these: a write through one would change every later sample
+                array.flags.writeable = False
+            _CACHE[cache_key] = arrays
         return _CACHE[cache_key]
 
     def decode(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -265,13 +268,11 @@ class FileDataModule(SegmentationDataModule):
         return array
 
     def load_sample(self, sample_id: str) -> Sample:
+        """Read-only views of the cached image (uint8, or float32 once resized) and uint8 mask; a mask copy in int64
+        where ``ignore_index`` is not the file's unknown value (255). Nothing is converted before the training crop."""
         image, mask = self.view(sample_id, *self.decoded(self.image_key(sample_id)))
-        image = (
-            image.astype(np.float32) / np.float32(255.0)
-            if image.dtype == np.uint8
-            else image.astype(np.float32, copy=True)
-        )
-        labels = mask.astype(np.int64)
         if self.ignore_index != UNKNOWN:
+            labels = mask.astype(np.int64)
             labels[mask == UNKNOWN] = self.ignore_index
-        return image, labels
+            mask = labels
+        return image, mask

@@ -16,6 +16,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from lightning_seg.data import ChaseDataModule, Covid19DataModule, DrosophilaDataModule, SegmentationDataset
+from lightning_seg.data.base import as_item
 from lightning_seg.data.datasets import RESIZED_CROP_SIZE
 from tests.conftest import CONFIGS, DATA_DIR
 
@@ -50,6 +51,14 @@ def test_fixed_patches_depend_on_fold_seed_and_image_only(run_seed):
     dm3 = drosophila(fold=3, patch_seed=5)
     shared = set(dm3.fold_keys()["train"]) & {i.split("/")[0] for i in patches}
     assert shared and all(dm3.patch_origin(k, 0) != drosophila(fold=2, patch_seed=5).patch_origin(k, 0) for k in shared)
+
+
+def test_a_remembered_patch_origin_follows_a_changed_seed_or_fold():
+    dm = drosophila(fold=2, patch_seed=5)
+    first = dm.patch_origin("07", 1)
+    assert dm.patch_origin("07", 1) == first  # remembered: the same again
+    dm.patch_seed, dm.fold = 6, 3
+    assert dm.patch_origin("07", 1) == drosophila(fold=3, patch_seed=6).patch_origin("07", 1) != first
 
 
 def test_fixed_patches_follow_seed_everything(monkeypatch):
@@ -103,7 +112,7 @@ def test_fixed_patches_are_the_same_windows_every_epoch_with_a_fresh_flip():
     patches = dm.train_patches()
     sample_id = dm.datasets["train"].ids[5]
     (y, x), key = patches[sample_id], sample_id.split("/")[0]
-    whole = torch.from_numpy(dm.load_sample(key)[0]).permute(2, 0, 1)
+    whole = as_item(*dm.load_sample(key), key)["image"]
     window = whole[:, y : y + 256, x : x + 256]
     seen = set()
     for epoch in range(12):
@@ -145,7 +154,8 @@ def test_random_crops_are_fresh_each_time_and_reproducible_per_seed():
     assert any(not torch.equal(a["image"], b["image"]) for a, b in zip(first, other, strict=True))
     assert first[0]["id"].split("/")[0] == first[3]["id"].split("/")[0]  # 4 crops of one image, all different
     assert not torch.equal(first[0]["image"], first[1]["image"])
-    whole = dm.load_sample(first[0]["id"].split("/")[0])[0]
+    key = first[0]["id"].split("/")[0]
+    whole = as_item(*dm.load_sample(key), key)["image"].permute(1, 2, 0).numpy()
     crop = first[0]["image"].permute(1, 2, 0).numpy()
     assert _is_window(whole, crop) or _is_window(whole, crop[:, ::-1])
 
@@ -187,7 +197,7 @@ def test_resized_datasets_train_on_random_crops_and_evaluate_whole_images(module
     assert dm.datasets["val"][0]["image"].shape[-2:] == dm.datasets["test"][0]["image"].shape[-2:] == (256, 256)
     plain = module(data_dir=str(DATA_DIR), augment=False)
     plain.setup()
-    assert torch.equal(plain.datasets["train"][0]["image"].permute(1, 2, 0), torch.from_numpy(whole))
+    assert np.array_equal(plain.datasets["train"][0]["image"].permute(1, 2, 0).numpy(), whole)
 
 
 def test_crop_larger_than_the_images_is_an_error():

@@ -187,7 +187,8 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         target = batch["mask"]
         loss = self.loss(logits, target)
-        self.split_metrics(split).update(predicted_classes(logits), target)
+        # the one metric's own update: going through the collection adds a third to its cost, at every step
+        self.split_metrics(split)["iou"].update(predicted_classes(logits), target)
         batch_size = target.shape[0]
         if split == "train":
             if is_logging_step(self.trainer):

@@ -128,7 +128,9 @@ class PredictionOverlays(Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             gap = np.full((2, strips[0].shape[1], 3), 255, dtype=np.uint8)
             rows = [x for strip in strips for x in (strip, gap)][:-1]
-            Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+            # zlib level 1: written in the training thread at every validation; on four CHASE strips at 256² it
+            # takes half the time of PNG's default level 6 (35 against 73 ms here), for files 30 % larger
+            Image.fromarray(np.concatenate(rows, axis=0)).save(path, compress_level=1)
         captions = [
             f"step {trainer.global_step}, sample {i}: image | ground truth | prediction" for i in range(len(strips))
         ]

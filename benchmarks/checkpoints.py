@@ -28,9 +28,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_seg import SegmentationModule
-from lightning_seg.callbacks import RunCheckpoint
-from lightning_seg.data import SyntheticDataModule
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
+
+from models import report_table  # noqa: E402
+
+from lightning_seg import SegmentationModule  # noqa: E402
+from lightning_seg.callbacks import RunCheckpoint  # noqa: E402
+from lightning_seg.data import SyntheticDataModule  # noqa: E402
 
 HEADER = (
     "| date | machine | scheme | network | epochs × steps | validations | writes (best + last) | written (MB) "
@@ -123,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {args.epochs} × {args.steps} | {args.epochs} | {best} + {last} | {result['written'] / 1e6:.0f} "
             f"| {result['disk'] / 1e6:.0f} | {', '.join(result['files'])} |"
         )
-    print(HEADER)
-    print("\n".join(rows))
-    if args.output is not None:
-        new = not args.output.exists()
-        with args.output.open("a") as handle:
-            handle.write((HEADER + "\n" if new else "") + "\n".join(rows) + "\n")
+    report_table(HEADER, rows, args.output)
     return 0
 
 

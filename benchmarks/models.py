@@ -74,8 +74,18 @@ def device_name(device: torch.device, per_run: bool = False) -> str:
 
 
 def append_table(path: Path, header: str, rows: list[str]) -> None:
-    """Append Markdown ``rows`` to ``path``, with the table's ``header`` first when the file is new or empty."""
+    """Append Markdown ``rows`` to ``path``, with the table's ``header`` first when the file is new or empty.
+
+    Raises:
+        SystemExit: the file's last table has other columns (rows of another script, or of an older version of this
+            one): appended there, the rows would sit under the wrong column names.
+    """
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        columns = header.splitlines()[0]
+        last = [line for line in path.read_text().splitlines() if line.startswith("| date |")][-1:]
+        if last != [columns]:
+            raise SystemExit(f"{path}: its last table has other columns than this one's; give a new --output file")
     with path.open("a") as f:
         f.write((header + "\n" if new else "") + "\n".join(rows) + "\n")
 

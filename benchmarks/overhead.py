@@ -70,6 +70,10 @@ from pathlib import Path
 
 import lightning as L
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
+
+from models import report_table  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 #: dataset -> (smallest training fraction, overrides that divide every image side by ``scale``)
@@ -257,7 +261,7 @@ def step_cpu_ms(step_cpu: list[float]) -> float:
     only ever add to a step, and their share comes and goes within a run: the median step of one unchanged plain
     loop moved between 2.6 and 5.0 ms from one run to the next here, its lower decile far less (benchmarks/README.md).
     The longer logging steps (one in ``log_every_n_steps``) fall outside it, as outside the median."""
-    return 1000 * statistics.quantiles(step_cpu, n=10)[0]
+    return 1000 * (statistics.quantiles(step_cpu, n=10)[0] if len(step_cpu) > 1 else step_cpu[0])
 
 
 def cpu_phases(clock: dict) -> dict:
@@ -495,12 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = {**lightning[-1], "bare": bare[-1], "plain": plain[-1]}
                 print(f"{dataset} repeat {repeat}: {json.dumps(record)}", file=sys.stderr)
             rows.append(row(args.date, dataset, *(median_record(r) for r in (lightning, bare, plain))))
-    table = "\n".join([HEADER, *rows])
-    print(table)
-    if args.output:
-        new = not args.output.exists()
-        with args.output.open("a") as handle:
-            handle.write((table if new else "\n".join(rows)) + "\n")
+    report_table(HEADER, rows, args.output)
     return 0
 
 

@@ -204,6 +204,18 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     assert float(cells[6].rstrip("%")) == pytest.approx(100 * (bare / plain - 1), abs=1.5)
 
 
+def test_rows_are_appended_only_under_their_own_columns(tmp_path):
+    models = load_benchmark("models")
+    header = "| date | a | b |\n|---|---:|---:|"
+    output = tmp_path / "table.md"
+    models.append_table(output, header, ["| 1 | 2 | 3 |"])
+    models.append_table(output, header, ["| 4 | 5 | 6 |"])
+    assert output.read_text().splitlines() == [*header.splitlines(), "| 1 | 2 | 3 |", "| 4 | 5 | 6 |"]
+    with pytest.raises(SystemExit, match=r"table\.md: its last table has other columns"):
+        models.append_table(output, "| date | a | b | c |\n|---|---:|---:|---:|", ["| 7 | 8 | 9 | 0 |"])
+    assert len(output.read_text().splitlines()) == 4  # nothing written
+
+
 def test_prediction_cpu_smoke(tmp_path, capsys):
     prediction = load_benchmark("prediction")
     output = tmp_path / "prediction.md"

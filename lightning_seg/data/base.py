@@ -61,6 +61,14 @@ def seeded_generator(*entropy: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]))
 
 
+def unshifted_epoch(seed: int, epoch: int) -> int:
+    """The epoch to give a sampler that orders by ``seed + epoch`` (torch's ``DistributedSampler``, which Lightning
+    puts in under several processes): a ``SeedSequence`` hash of both, below ``2**62``. Given the epoch itself, seed
+    ``s + 1`` at epoch ``e`` would repeat the order of seed ``s`` at epoch ``e + 1``: replicate runs of seeds 0, 1 and
+    2 would see one sequence of orders, shifted."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 2)
+
+
 def global_draw() -> int:
     """One non-negative 63-bit integer from torch's global generator (as torch's own samplers draw their seeds)."""
     return int(torch.empty((), dtype=torch.int64).random_().item())
@@ -157,7 +165,8 @@ class SeededRandomSampler(RandomSampler):
     both (:func:`seeded_generator`), so that the orders of two seeds never coincide at shifted epochs.
 
     Being a :class:`~torch.utils.data.RandomSampler`, it tells Lightning that the loader shuffles: under several
-    processes Lightning puts in a ``DistributedSampler`` with the run's seed (which orders by ``seed + epoch``).
+    processes Lightning puts in a ``DistributedSampler`` with the run's seed (which orders by ``seed + epoch``;
+    :class:`MultiPassBatchSampler` gives it :func:`unshifted_epoch` s).
 
     Args:
         data_source: the dataset (only its length is used).
@@ -185,7 +194,8 @@ class MultiPassBatchSampler(BatchSampler):
     batch never mixes two passes, so a step sees what it would see in an epoch of one pass. The sampler (a
     :class:`SeededRandomSampler`, or the :class:`~torch.utils.data.DistributedSampler` Lightning puts in under
     several processes, keeping this sampler's arguments) orders by its ``seed`` and epoch; pass ``k`` of epoch
-    ``e`` gets the epoch ``e · passes + k``, so every pass has an order of its own. The batches hold ``(index,
+    ``e`` gets the epoch ``e · passes + k`` (a ``DistributedSampler`` its :func:`unshifted_epoch`), so every pass
+    has an order of its own, and two seeds never share one. The batches hold ``(index,
     seed)`` pairs: the seeds, uniform over ``[0, SEED_RANGE)``, come from a generator seeded by ``(sampler seed,
     pass epoch, process rank)``. So an epoch's batches and augmentations follow from the run's seed and the epoch
     alone. The passes are counted from the sampler's own length, so under several processes each process's epoch
@@ -232,8 +242,10 @@ class MultiPassBatchSampler(BatchSampler):
         seed, rank = getattr(self.sampler, "seed", 0), getattr(self.sampler, "rank", 0)
         for index in range(passes):
             pass_epoch = epoch * passes + index
-            if hasattr(self.sampler, "set_epoch"):
+            if isinstance(self.sampler, SeededRandomSampler):
                 self.sampler.set_epoch(pass_epoch)
+            elif hasattr(self.sampler, "set_epoch"):  # a DistributedSampler: it orders by seed + epoch
+                self.sampler.set_epoch(unshifted_epoch(seed, pass_epoch))
             seeds = seeded_generator(seed, pass_epoch, rank)
             for batch in super().__iter__():
                 yield list(zip(batch, torch.randint(SEED_RANGE, (len(batch),), generator=seeds).tolist(), strict=True))

@@ -17,6 +17,7 @@ from lightning_seg.data.base import (
     SeededRandomSampler,
     SegmentationDataset,
     as_item,
+    unshifted_epoch,
 )
 
 
@@ -166,7 +167,7 @@ def test_distributed_passes_differ_and_every_epoch_is_new():
             expected = []
             for k in range(3):
                 reference = DistributedSampler(data, num_replicas=2, rank=r, shuffle=True, seed=0)
-                reference.set_epoch(epoch * 3 + k)
+                reference.set_epoch(unshifted_epoch(0, epoch * 3 + k))
                 expected += [list(b) for b in BatchSampler(reference, 2, False)]
             assert indices[r] == expected
         for k in range(3):  # every pass splits the data between the two ranks
@@ -175,6 +176,21 @@ def test_distributed_passes_differ_and_every_epoch_is_new():
         assert not set(seeds[0]) & set(seeds[1])  # the ranks draw their own augmentations
         epochs.append(out)
     assert epochs[0] != epochs[1]
+
+
+def test_distributed_orders_of_two_seeds_are_not_shifted_passes_of_each_other():
+    """torch's DistributedSampler orders by seed + epoch: given pass epochs as they are, seed 1's pass p would be
+    seed 0's pass p + 1 (`unshifted_epoch` hashes them)."""
+    data = list(range(16))
+
+    def passes(seed: int) -> list[list[int]]:
+        sampler = MultiPassBatchSampler(DistributedSampler(data, 2, 0, shuffle=True, seed=seed), 8, False, min_steps=6)
+        return passes_of(batches(sampler), 1)
+
+    zero, one = passes(0), passes(1)
+    assert len(zero) == 6 and all(sorted(p) != p for p in zero)
+    assert not any(a == b for a in one for b in zero)  # no pass of seed 1 is any pass of seed 0
+    assert passes(0) == zero  # and each seed's passes are fixed
 
 
 def test_lightning_keeps_min_steps_when_it_puts_in_a_distributed_sampler():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -249,9 +250,11 @@ def lightning_seg(*args: str, timeout: float = 300) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
 
-def killed_during_training(root: Path, signum: int, after_epoch: int, *extra: str) -> subprocess.Popen:
-    """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``
-    (bounded in time)."""
+def killed_during_training(
+    root: Path, signum: int, after_epoch: int, *extra: str, ready: Callable[[Path], bool] | None = None
+) -> subprocess.Popen:
+    """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``,
+    or once ``ready(root)`` holds (bounded in time)."""
     command = [
         sys.executable,
         "-m",
@@ -267,11 +270,15 @@ def killed_during_training(root: Path, signum: int, after_epoch: int, *extra: st
         while True:
             assert process.poll() is None, f"the fit ended before the signal:\n{process.stdout.read()[-2000:]}"
             assert time.monotonic() < deadline, "no resumable checkpoint after 600 s"
-            try:
-                if torch.load(RunFolder(root).last_checkpoint, weights_only=True)["epoch"] >= after_epoch:
+            if ready is not None:
+                if ready(root):
                     break
-            except (OSError, RuntimeError, EOFError, KeyError):
-                pass
+            else:
+                try:
+                    if torch.load(RunFolder(root).last_checkpoint, weights_only=True)["epoch"] >= after_epoch:
+                        break
+                except (OSError, RuntimeError, EOFError, KeyError):
+                    pass
             time.sleep(0.1)
         process.send_signal(signum)
         process.wait(timeout=120)
@@ -330,6 +337,28 @@ def test_a_fit_killed_and_run_again_resumes_to_the_same_results(uninterrupted, t
     assert f"lightning-seg: resuming {root} from checkpoints/last.ckpt (step " in again.stdout
     assert_same_results(reference, root)
     assert json.loads((root / Records.RUN).read_text())["status"] == "trained"
+
+
+#: one epoch of 12 steps, validated every 3: a stop after the first validation falls inside the epoch
+ONE_EPOCH = ["--data.init_args.min_epoch_steps=12", "--trainer.limit_train_batches=1.0"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path):
+    """The resumed epoch goes on from the batch after the last one trained, not from its first batch again."""
+    reference = tmp_path / "reference"
+    done = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "stopped"
+    stopped = killed_during_training(
+        root, signal.SIGTERM, 0, *ONE_EPOCH, ready=lambda r: any(r.glob("checkpoints/best-*.ckpt"))
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM
+    state = torch.load(RunFolder(root).last_checkpoint, weights_only=True)
+    assert state["epoch"] == 0 and 3 <= state["global_step"] < 12  # inside the one epoch
+    again = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={root}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_results(reference, root)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")

@@ -37,6 +37,7 @@ from lightning.pytorch.loops import _FitLoop, _Loop
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from ..data.base import epoch_unfinished
 from ..run import Records, RunFolder
 
 
@@ -129,14 +130,13 @@ class _EpochEndResumeFitLoop(_FitLoop):
     Lightning marks the fit loop as restarting on every resume of an iteration-based run (``max_steps`` set),
     even from a finished epoch; its epoch loop then restarts in a state our epoch-end ``last.ckpt`` never holds:
     it counts one step twice in the loggers' step and draws the next epoch's data differently, so a resumed run
-    departs from one that was never stopped. A state saved mid-epoch (a ``SIGTERM``) still restarts as before.
+    departs from one that was never stopped. A state saved mid-epoch (a ``SIGTERM``) still restarts as before (its
+    loader leaves out the batches already trained: :func:`~lightning_seg.data.base.resume_position`).
     """
 
     @_Loop.restarting.setter
     def restarting(self, restarting: bool) -> None:
-        progress = self.epoch_progress.current
-        epoch_unfinished = progress.ready != progress.processed or progress.started != progress.processed
-        _Loop.restarting.fset(self, restarting and epoch_unfinished)
+        _Loop.restarting.fset(self, restarting and epoch_unfinished(self.epoch_progress.current))
 
 
 class RunCheckpoint(Checkpoint):

@@ -69,6 +69,22 @@ def unshifted_epoch(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 2)
 
 
+def epoch_unfinished(progress) -> bool:
+    """Whether the fit loop's epoch ``progress`` (``fit_loop.epoch_progress.current``) stopped inside an epoch: a state
+    saved mid-epoch (a ``SIGTERM``), not at an epoch end."""
+    return progress.ready != progress.processed or progress.started != progress.processed
+
+
+def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
+    """The epoch a training loader starts at, and the batches of it already trained: ``(0, 0)`` for a new fit, the
+    restored epoch for a resumed one, with the batches finished before a stop inside that epoch."""
+    if trainer is None:
+        return 0, 0
+    progress = trainer.fit_loop.epoch_progress.current
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if epoch_unfinished(progress) else 0
+    return progress.processed, done
+
+
 def global_draw() -> int:
     """One non-negative 63-bit integer from torch's global generator (as torch's own samplers draw their seeds)."""
     return int(torch.empty((), dtype=torch.int64).random_().item())
@@ -203,7 +219,9 @@ class MultiPassBatchSampler(BatchSampler):
     Lightning's ``overfit_batches`` puts in) counts as seed 0 at epoch 0.
 
     ``start_epoch`` is set on the sampler at once: a loader asked for at a resume, whose worker processes fetch the
-    first batches before Lightning's ``set_epoch``, starts at the resumed epoch.
+    first batches before Lightning's ``set_epoch``, starts at the resumed epoch; its first iteration leaves out the
+    ``start_batch`` batches of that epoch trained before a stop inside it (Lightning counts them as done and asks
+    for the rest only), with the same draws for the batches that follow.
 
     Why: under a step budget a small training set (CHASE 1/4: 4 images, one step) would otherwise end an epoch
     every step, and each epoch end costs Lightning's epoch hooks and the loader's restart, which waits for a
@@ -211,19 +229,28 @@ class MultiPassBatchSampler(BatchSampler):
     loader's worker processes, which have generators of their own, draw nothing.
 
     Raises:
-        ValueError: ``min_steps`` < 1 or ``start_epoch`` < 0.
+        ValueError: ``min_steps`` < 1, or ``start_epoch`` or ``start_batch`` < 0.
     """
 
     def __init__(
-        self, sampler: Sampler, batch_size: int, drop_last: bool, min_steps: int = 1, start_epoch: int = 0
+        self,
+        sampler: Sampler,
+        batch_size: int,
+        drop_last: bool,
+        min_steps: int = 1,
+        start_epoch: int = 0,
+        start_batch: int = 0,
     ) -> None:
         super().__init__(sampler, batch_size, drop_last)
         if min_steps < 1:
             raise ValueError(f"min_steps must be ≥ 1, got {min_steps}")
-        if start_epoch < 0:
-            raise ValueError(f"start_epoch must be ≥ 0, got {start_epoch}")
+        if start_epoch < 0 or start_batch < 0:
+            raise ValueError(f"start_epoch and start_batch must be ≥ 0, got {start_epoch} and {start_batch}")
         self.min_steps = min_steps
         self.start_epoch = start_epoch
+        self.start_batch = start_batch
+        #: batches the next iteration leaves out (only the first iteration of a loader resumed mid-epoch)
+        self._skip = start_batch
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(start_epoch)
 
@@ -240,6 +267,7 @@ class MultiPassBatchSampler(BatchSampler):
         # once the next epoch's has started.
         epoch = getattr(self.sampler, "epoch", 0)
         seed, rank = getattr(self.sampler, "seed", 0), getattr(self.sampler, "rank", 0)
+        skip, self._skip = self._skip, 0
         for index in range(passes):
             pass_epoch = epoch * passes + index
             if isinstance(self.sampler, SeededRandomSampler):
@@ -248,7 +276,13 @@ class MultiPassBatchSampler(BatchSampler):
                 self.sampler.set_epoch(unshifted_epoch(seed, pass_epoch))
             seeds = seeded_generator(seed, pass_epoch, rank)
             for batch in super().__iter__():
-                yield list(zip(batch, torch.randint(SEED_RANGE, (len(batch),), generator=seeds).tolist(), strict=True))
+                batch_seeds = torch.randint(
+                    SEED_RANGE, (len(batch),), generator=seeds
+                ).tolist()  # drawn when skipped too
+                if skip:
+                    skip -= 1
+                    continue
+                yield list(zip(batch, batch_seeds, strict=True))
 
     def __len__(self) -> int:
         return self.passes * super().__len__()
@@ -377,12 +411,11 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches, an epoch of whole passes with at least ``min_epoch_steps`` steps, in an order and with
         augmentations that follow from the run's seed (``seed_everything``) and the epoch
-        (:class:`MultiPassBatchSampler`), starting at the trainer's epoch (a resumed run's)."""
+        (:class:`MultiPassBatchSampler`), starting where the trainer is (a resumed run's epoch and batch)."""
         dataset = self.datasets["train"]
-        trainer = self.trainer
-        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        epoch, done = resume_position(self.trainer)
         sampler = SeededRandomSampler(dataset, run_seed(f"{type(self).__name__}'s training order"))
-        batches = MultiPassBatchSampler(sampler, self.batch_size, False, self.min_epoch_steps, start_epoch=epoch)
+        batches = MultiPassBatchSampler(sampler, self.batch_size, False, self.min_epoch_steps, epoch, done)
         return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:

@@ -137,8 +137,23 @@ def test_the_first_epoch_is_start_epoch_before_any_set_epoch():
     batches_of_3 = MultiPassBatchSampler(reference, 4, False, min_steps=6)
     reference.set_epoch(3)
     assert started == list(batches_of_3)
-    with pytest.raises(ValueError, match="start_epoch must be ≥ 0, got -1"):
+    with pytest.raises(ValueError, match="start_epoch and start_batch must be ≥ 0, got -1 and 0"):
         MultiPassBatchSampler(sampler, 4, False, start_epoch=-1)
+    with pytest.raises(ValueError, match="start_epoch and start_batch must be ≥ 0, got 0 and -2"):
+        MultiPassBatchSampler(sampler, 4, False, start_batch=-2)
+
+
+@pytest.mark.parametrize("start_batch", [0, 1, 2, 5, 6])  # 6 batches per epoch: 2 passes of 3
+def test_a_loader_resumed_inside_an_epoch_goes_on_from_the_next_batch(start_batch):
+    """The first iteration leaves out the batches already trained, with the same (index, seed) pairs after them;
+    the next epochs are whole."""
+    whole = MultiPassBatchSampler(SeededRandomSampler(range(10), 7), 4, False, min_steps=6, start_epoch=3)
+    resumed = MultiPassBatchSampler(SeededRandomSampler(range(10), 7), 4, False, 6, 3, start_batch)
+    epoch_3 = list(whole)
+    assert len(epoch_3) == len(resumed) == 6 and list(resumed) == epoch_3[start_batch:]
+    for sampler in (whole, resumed):
+        sampler.sampler.set_epoch(4)
+    assert list(resumed) == list(whole) and len(list(whole)) == 6
 
 
 def as_lightning_takes_them(sampler, epoch: int, open_iterators: list) -> list[list[tuple[int, int]]]:

@@ -367,7 +367,8 @@ class SegmentationDataModule(L.LightningDataModule, ABC):
 
     @abstractmethod
     def load_sample(self, sample_id: str) -> Sample:
-        """Image (H×W×C float32 in [0, 1]) and mask (H×W int64, classes and ``ignore_index``) of one id."""
+        """Image and mask of one id (:data:`Sample`: the image float32 in [0, 1] or uint8, the mask integer classes and
+        ``ignore_index``; read-only views of a cache allowed, :func:`as_item` converts and copies)."""
 
     def sample_group(self, sample_id: str) -> str:
         """The unit that ``train_fraction`` draws: the id itself, or e.g. the image an id crops."""

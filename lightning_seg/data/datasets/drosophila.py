@@ -105,9 +105,9 @@ class DrosophilaDataModule(FileDataModule):
         self.fixed_patches = fixed_patches
         self.patch_seed = patch_seed
         self._run_seed: int | None = None
-        #: ``(patch seed, fold, key, index) -> (y, x)``: drawing a patch's origin anew at every access (a generator
-        #: per sample) cost more than the rest of a small training sample
-        self._patch_origins: dict[tuple[int, int, str, int], tuple[int, int]] = {}
+        #: ``(patch seed, fold, key, index, image height, width, crop size) -> (y, x)``: drawing a patch's origin anew
+        #: at every access (a generator per sample) cost more than the rest of a small training sample
+        self._patch_origins: dict[tuple, tuple[int, int]] = {}
 
     @property
     def random_crop_size(self) -> int | None:
@@ -138,13 +138,13 @@ class DrosophilaDataModule(FileDataModule):
         Uniform over every position inside the image, from a generator seeded by ``(patch seed, fold, key,
         index)``: the same in every epoch and for every ``train_fraction``, another for another fold or seed.
         """
-        entropy = (self.resolved_patch_seed, self.fold, key, index)
-        origin = self._patch_origins.get(entropy)
+        height, width = self.processed_size
+        memo_key = (self.resolved_patch_seed, self.fold, key, index, height, width, self.crop_size)
+        origin = self._patch_origins.get(memo_key)
         if origin is None:
-            height, width = self.processed_size
             rng = np.random.default_rng([self.resolved_patch_seed, self.fold, int(key), index])
             origin = int(rng.integers(0, height - self.crop_size + 1)), int(rng.integers(0, width - self.crop_size + 1))
-            self._patch_origins[entropy] = origin
+            self._patch_origins[memo_key] = origin
         return origin
 
     def train_patches(self) -> dict[str, tuple[int, int]]:

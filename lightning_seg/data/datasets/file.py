@@ -268,8 +268,9 @@ class FileDataModule(SegmentationDataModule):
         return array
 
     def load_sample(self, sample_id: str) -> Sample:
-        """Read-only views of the cached image (uint8, or float32 once resized) and uint8 mask; a mask copy in int64
-        where ``ignore_index`` is not the file's unknown value (255). Nothing is converted before the training crop."""
+        """Read-only views of the cached image (uint8, or float32 once resized) and uint8 mask: the image is converted
+        after the training crop (:func:`~lightning_seg.data.base.as_item`). Where ``ignore_index`` is not the files'
+        unknown value (255) the mask is a whole int64 copy with that value instead (before the crop)."""
         image, mask = self.view(sample_id, *self.decoded(self.image_key(sample_id)))
         if self.ignore_index != UNKNOWN:
             labels = mask.astype(np.int64)

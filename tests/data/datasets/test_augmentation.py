@@ -53,12 +53,17 @@ def test_fixed_patches_depend_on_fold_seed_and_image_only(run_seed):
     assert shared and all(dm3.patch_origin(k, 0) != drosophila(fold=2, patch_seed=5).patch_origin(k, 0) for k in shared)
 
 
-def test_a_remembered_patch_origin_follows_a_changed_seed_or_fold():
-    dm = drosophila(fold=2, patch_seed=5)
+@pytest.mark.parametrize(
+    "changed", [{"patch_seed": 6}, {"fold": 3}, {"crop_size": 512}, {"crop_size": 64, "image_size": (256, 256)}]
+)
+def test_a_remembered_patch_origin_follows_a_changed_setting(changed):
+    dm = drosophila(fold=2, patch_seed=5, crop_size=128)
     first = dm.patch_origin("07", 1)
     assert dm.patch_origin("07", 1) == first  # remembered: the same again
-    dm.patch_seed, dm.fold = 6, 3
-    assert dm.patch_origin("07", 1) == drosophila(fold=3, patch_seed=6).patch_origin("07", 1) != first
+    for name, value in changed.items():
+        setattr(dm, name, value)
+    fresh = drosophila(**{"fold": 2, "patch_seed": 5, "crop_size": 128, **changed})
+    assert dm.patch_origin("07", 1) == fresh.patch_origin("07", 1) != first
 
 
 def test_fixed_patches_follow_seed_everything(monkeypatch):

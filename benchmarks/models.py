@@ -73,6 +73,20 @@ def device_name(device: torch.device, per_run: bool = False) -> str:
     return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 
 
+def check_table_file(path: Path, header: str) -> bool:
+    """Whether ``path`` is new (or empty); a long benchmark calls it before it starts, :func:`append_table` again.
+
+    Raises:
+        SystemExit: the file's last table has other columns than ``header``'s (or the file holds no table).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    last = [line for line in path.read_text().splitlines() if line.startswith("| date |")][-1:]
+    if last != [header.splitlines()[0]]:
+        raise SystemExit(f"{path}: its last table has other columns than this one's; give a new --output file")
+    return False
+
+
 def append_table(path: Path, header: str, rows: list[str]) -> None:
     """Append Markdown ``rows`` to ``path``, with the table's ``header`` first when the file is new or empty.
 
@@ -80,12 +94,7 @@ def append_table(path: Path, header: str, rows: list[str]) -> None:
         SystemExit: the file's last table has other columns (rows of another script, or of an older version of this
             one): appended there, the rows would sit under the wrong column names.
     """
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        columns = header.splitlines()[0]
-        last = [line for line in path.read_text().splitlines() if line.startswith("| date |")][-1:]
-        if last != [columns]:
-            raise SystemExit(f"{path}: its last table has other columns than this one's; give a new --output file")
+    new = check_table_file(path, header)
     with path.open("a") as f:
         f.write((header + "\n" if new else "") + "\n".join(rows) + "\n")
 

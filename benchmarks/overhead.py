@@ -15,12 +15,16 @@ the validations, the checkpoint writes (``Trainer.save_checkpoint``), the sanity
 epoch of every step, in wall time and in CPU time of the main thread. The parent times the process from
 start to exit. A row gives:
 
-* ``step CPU ms``: the training step in CPU time of the main thread, lower decile over the run's steps
-  (:func:`step_cpu_ms`), for Lightning, bare Lightning and the plain loop (below), and ``module overhead``, the ratio Lightning / plain minus 1: the work the module and
-  Lightning add inside a step (logging, metric updates, hooks, progress bar); ``of which bare Lightning``:
-  bare Lightning / plain minus 1, the part that Lightning's loop costs by itself, whatever the module does.
-  CPU time, unlike wall time, does not grow when other processes share the cores, so these ratios hold on a
-  busy machine; ``step wall ms`` is the same in wall time;
+* ``step CPU ms, lower decile``: the training step in CPU time of the main thread, lower decile over the run's
+  steps (:func:`step_cpu_ms`: a step without logging and without other tenants' share of the machine), for
+  Lightning, bare Lightning and the plain loop (below), and ``module overhead``, the ratio Lightning / plain
+  minus 1: the work the module and Lightning add inside a plain step (metric updates, hooks, progress bar);
+  ``of which bare Lightning``: bare Lightning / plain minus 1, the part that Lightning's loop costs by itself,
+  whatever the module does;
+* ``step CPU ms, mean`` and ``module overhead, means``: the same with the mean step, the logging steps (every
+  ``log_every_n_steps``-th: the loss parts and the loss logged) and the steps after a validation included, but
+  also whatever other processes took from the run's core at the time. CPU time, unlike wall time, does not grow
+  while other processes wait for a core, so these figures hold on a busy machine better than wall times;
 * ``outside steps``: the share of the training phase's wall time (``on_train_start`` to ``on_train_end``)
   spent outside training steps, split into ``validation`` (without the checkpoint writes it triggers),
   ``checkpoint``, ``epoch ends`` (gaps between the last step of an epoch and the first of the next: the
@@ -72,7 +76,7 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
 
-from models import report_table  # noqa: E402
+from models import check_table_file, report_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -88,11 +92,12 @@ DATASETS = {
 #: where the child processes find :class:`StepClock` (this file, imported as ``overhead``)
 CLOCK = "overhead.StepClock"
 HEADER = (
-    "| date | dataset (fraction) | steps | validations | step CPU ms: Lightning / bare Lightning / plain "
-    "| module overhead | of which bare Lightning | step wall ms: Lightning / plain | outside steps | validation "
+    "| date | dataset (fraction) | steps | validations | step CPU ms, lower decile: Lightning / bare Lightning / plain "
+    "| module overhead | of which bare Lightning | step CPU ms, mean: Lightning / bare Lightning / plain "
+    "| module overhead, means | outside steps | validation "
     "| checkpoint | epoch ends | between steps | bare Lightning: outside steps | plain loop: outside steps "
     "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -257,20 +262,29 @@ def phases(clock: dict, process: tuple[float, float]) -> dict:
 
 
 def step_cpu_ms(step_cpu: list[float]) -> float:
-    """The lower decile of the steps' CPU times, in ms: what a step itself costs. On a shared machine other tenants
-    only ever add to a step, and their share comes and goes within a run: the median step of one unchanged plain
-    loop moved between 2.6 and 5.0 ms from one run to the next here, its lower decile far less (benchmarks/README.md).
-    The longer logging steps (one in ``log_every_n_steps``) fall outside it, as outside the median."""
-    return 1000 * (statistics.quantiles(step_cpu, n=10)[0] if len(step_cpu) > 1 else step_cpu[0])
+    """The lower decile of the steps' CPU times, in ms (interpolated between the measured steps, never below the
+    fastest): what a step itself costs. On a shared machine other tenants only ever add to a step, and their share
+    comes and goes within a run: the median step of one unchanged plain loop moved between 2.58 and 6.31 ms from one
+    block of steps to the next here, its lower decile between 2.52 and 3.26 ms (benchmarks/README.md). The longer
+    logging steps (one in ``log_every_n_steps``) fall outside it, as outside the median: the mean has them."""
+    if len(step_cpu) == 1:
+        return 1000 * step_cpu[0]
+    return 1000 * statistics.quantiles(step_cpu, n=10, method="inclusive")[0]
+
+
+def mean_ms(seconds: list[float]) -> float:
+    return 1000 * sum(seconds) / len(seconds)
 
 
 def cpu_phases(clock: dict) -> dict:
-    """The main thread's CPU time: median step, and the share of the training phase's CPU outside steps."""
+    """The main thread's CPU time: the step (lower decile and mean), and the share of the training phase's CPU
+    outside steps."""
     if not clock.get("step_cpu"):
         return {}
     train = clock["cpu"]["train_end"] - clock["cpu"]["train_start"]
     return {
         "step_cpu_ms": step_cpu_ms(clock["step_cpu"]),
+        "step_cpu_mean_ms": mean_ms(clock["step_cpu"]),
         "outside_cpu": 1 - sum(clock["step_cpu"]) / train,
     }
 
@@ -383,6 +397,7 @@ def plain_worker(args: argparse.Namespace) -> None:
     wall = now() - start
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
     record["step_cpu_ms"] = step_cpu_ms(cpu_durations)
+    record["step_cpu_mean_ms"] = mean_ms(cpu_durations)
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
 
 
@@ -423,6 +438,7 @@ def bare_worker(args: argparse.Namespace) -> None:
     durations = [end - start for start, end, _ in clock.steps]
     train = clock.events["train_end"] - clock.events["train_start"]
     record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": step_cpu_ms(clock.step_cpu)}
+    record["step_cpu_mean_ms"] = mean_ms(clock.step_cpu)
     record["outside_train"] = 1 - sum(durations) / train
     print(json.dumps(record))
 
@@ -440,7 +456,8 @@ def row(date: str, dataset: str, lightning: dict, bare: dict, plain: dict) -> st
         f"{lightning['step_cpu_ms']:.2f} / {bare['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
         f"{lightning['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
         f"{bare['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
-        f"{lightning['step_ms']:.1f} / {plain['step_ms']:.1f}",
+        f"{lightning['step_cpu_mean_ms']:.2f} / {bare['step_cpu_mean_ms']:.2f} / {plain['step_cpu_mean_ms']:.2f}",
+        f"{lightning['step_cpu_mean_ms'] / plain['step_cpu_mean_ms'] - 1:+.0%}",
         f"{lightning['outside_train']:.1%}",
         *(f"{lightning[k] / train:.1%}" for k in ("validation", "checkpoint", "epoch_ends", "between")),
         f"{bare['outside_train']:.1%}",
@@ -485,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.root).mkdir(parents=True, exist_ok=True)
         WORKERS[args.worker](args)
         return 0
+    if args.output is not None:
+        check_table_file(args.output, HEADER)  # before minutes of runs, not after them
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -202,6 +202,27 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     # the overheads are the ratios of the rounded step times shown, to their rounding
     assert float(cells[5].rstrip("%")) == pytest.approx(100 * (lightning / plain - 1), abs=1.5)
     assert float(cells[6].rstrip("%")) == pytest.approx(100 * (bare / plain - 1), abs=1.5)
+    means = list(map(float, cells[7].split(" / ")))
+    assert min(means) > 0 and float(cells[8].rstrip("%")) == pytest.approx(100 * (means[0] / means[2] - 1), abs=1.5)
+    with pytest.raises(subprocess.CalledProcessError) as refused:  # the same file, other columns: refused at once
+        output.write_text("| date | other |\n|---|---|\n")
+        subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
+    assert "its last table has other columns" in refused.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected_ms"),
+    [
+        ([0.004], 4.0),
+        ([0.001, 0.010], 1.9),  # interpolated between the two, never below the fastest
+        ([0.001 * k for k in range(1, 7)], 1.5),
+        ([0.001 * k for k in range(11)], 1.0),  # 0..10 ms: the lower decile is 1 ms
+    ],
+)
+def test_the_step_is_the_lower_decile_of_the_measured_steps(seconds, expected_ms):
+    overhead = load_benchmark("overhead")
+    assert overhead.step_cpu_ms(seconds) == pytest.approx(expected_ms)
+    assert overhead.step_cpu_ms(seconds) >= 1000 * min(seconds)
 
 
 def test_rows_are_appended_only_under_their_own_columns(tmp_path):

@@ -226,16 +226,20 @@ def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
     keys = ("loss", "ce", "dice_loss", "p_bar", "dice_coef", "alpha")
-    logged = {step: metrics for step, metrics in logger.records if "train/ce" in metrics}
-    # every 2nd step: steps 2 and 4 of 5, logged as (0-based) steps 1 and 3
+    logged: dict[int, dict[str, float]] = {}
+    for step, metrics in logger.records:  # the parts and the module's train/loss: two calls, one step and epoch
+        assert not set(logged.get(step, {})) & set(metrics) - {"epoch"}
+        logged.setdefault(step, {}).update(metrics)
+    # every 2nd step: steps 2 and 4 of 5, logged as (0-based) steps 1 and 3, nothing else
     assert sorted(logged) == [1, 3]
     for step, metrics in logged.items():
         parts = seen[step]
+        assert metrics["epoch"] == 0
         for key in keys:
             assert metrics[f"train/{key}"] == pytest.approx(getattr(parts, key).item())
     # steps between logging steps log nothing: the trainer still holds step 4's values after step 5
     for key in keys:
-        assert trainer.callback_metrics[f"train/{key}"].item() == pytest.approx(getattr(seen[3], key).item())
+        assert trainer.logged_metrics[f"train/{key}"].item() == pytest.approx(getattr(seen[3], key).item())
         assert getattr(seen[4], key).item() != pytest.approx(getattr(seen[3], key).item())
     last = seen[-1]
     # CE has no α of its own: the logged one is CAML's (1 - p̄)^D on the same logits.

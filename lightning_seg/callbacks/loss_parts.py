@@ -17,8 +17,11 @@ class LossPartsLogger(Callback):
     ML) ``alpha`` is CAML's ``(1 - p̄)^D`` on the same batch.
 
     They are logged at the steps the loggers record (every ``trainer.log_every_n_steps``, see
-    :func:`~lightning_seg.module.is_logging_step`), each the value of that step, as ``train/loss`` is; other
-    steps skip the logging calls, whose cost would otherwise be a large part of a short (GPU) step.
+    :func:`~lightning_seg.module.is_logging_step`), each the value of that step, at the step and with the epoch
+    that ``train/loss`` gets; other steps skip the logging. They go to the loggers in one call of the trainer's
+    logger connector (what Lightning itself calls for ``self.log``'s values), not through ``self.log``: five
+    ``self.log`` calls made a logging step of a short step 80 % longer (benchmarks/README.md). So they are in the
+    loggers and ``trainer.logged_metrics``, not in ``trainer.callback_metrics``.
     """
 
     def __init__(self, prefix: str = "train/") -> None:
@@ -32,9 +35,4 @@ class LossPartsLogger(Callback):
             return
         parts = loss.parts.as_dict()
         del parts["loss"]  # already logged by the module as train/loss
-        pl_module.log_dict(
-            {self.prefix + name: value for name, value in parts.items()},
-            on_step=True,
-            on_epoch=False,
-            batch_size=batch["mask"].shape[0],
-        )
+        trainer._logger_connector.log_metrics({self.prefix + name: value.detach() for name, value in parts.items()})

@@ -246,6 +246,9 @@ def quiet() -> None:
     # Logging steps are counted over the whole run, across epoch ends (module.is_logging_step), so an epoch
     # shorter than log_every_n_steps still logs: Lightning's warning about it does not apply.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+    # A resume from inside an epoch goes on from the next batch (data.base.resume_position): the training loader
+    # need not be resumable in Lightning's sense.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 # -------------------------------------------------------------------------------------------------- CLI

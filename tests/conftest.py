@@ -1,6 +1,8 @@
 import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -86,3 +88,16 @@ class FixedLogits(torch.nn.Module):
     def forward(self, x):
         onehot = torch.nn.functional.one_hot(x[:, 1].long(), self.num_classes).permute(0, 3, 1, 2)
         return onehot.float() * self.scale + self.dummy
+
+
+#: environment variable naming the optimizer step after which :class:`SigtermAfterStep` stops its own process
+SIGTERM_AFTER_STEP = "LIGHTNING_SEG_TEST_SIGTERM_AFTER_STEP"
+
+
+class SigtermAfterStep(L.Callback):
+    """Sends its own process a SIGTERM after the training step ``$LIGHTNING_SEG_TEST_SIGTERM_AFTER_STEP`` (nothing
+    when unset): a stop at a chosen place, with the same configuration as a run that is not stopped."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if os.environ.get(SIGTERM_AFTER_STEP) == str(trainer.global_step):
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from lightning_seg.cli import ConfigError, build_cli, main
 from lightning_seg.data import SyntheticDataModule
 from lightning_seg.evaluation import read_per_image
 from lightning_seg.run import Records, RunFolder, RunFolderError
-from tests.conftest import CONFIGS, REPO, SMALL_RUN, compose
+from tests.conftest import CONFIGS, REPO, SIGTERM_AFTER_STEP, SMALL_RUN, compose
 
 PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
 SYNTHETIC = compose("base.yaml", "data/synthetic.yaml")
@@ -250,11 +249,9 @@ def lightning_seg(*args: str, timeout: float = 300) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
 
-def killed_during_training(
-    root: Path, signum: int, after_epoch: int, *extra: str, ready: Callable[[Path], bool] | None = None
-) -> subprocess.Popen:
-    """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``,
-    or once ``ready(root)`` holds (bounded in time)."""
+def killed_during_training(root: Path, signum: int, after_epoch: int, *extra: str) -> subprocess.Popen:
+    """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``
+    (bounded in time)."""
     command = [
         sys.executable,
         "-m",
@@ -270,15 +267,11 @@ def killed_during_training(
         while True:
             assert process.poll() is None, f"the fit ended before the signal:\n{process.stdout.read()[-2000:]}"
             assert time.monotonic() < deadline, "no resumable checkpoint after 600 s"
-            if ready is not None:
-                if ready(root):
+            try:
+                if torch.load(RunFolder(root).last_checkpoint, weights_only=True)["epoch"] >= after_epoch:
                     break
-            else:
-                try:
-                    if torch.load(RunFolder(root).last_checkpoint, weights_only=True)["epoch"] >= after_epoch:
-                        break
-                except (OSError, RuntimeError, EOFError, KeyError):
-                    pass
+            except (OSError, RuntimeError, EOFError, KeyError):
+                pass
             time.sleep(0.1)
         process.send_signal(signum)
         process.wait(timeout=120)
@@ -339,26 +332,55 @@ def test_a_fit_killed_and_run_again_resumes_to_the_same_results(uninterrupted, t
     assert json.loads((root / Records.RUN).read_text())["status"] == "trained"
 
 
-#: one epoch of 12 steps, validated every 3: a stop after the first validation falls inside the epoch
-ONE_EPOCH = ["--data.init_args.min_epoch_steps=12", "--trainer.limit_train_batches=1.0"]
+#: one epoch of 12 steps, validated every 3, with a callback that can stop the run after a chosen step
+ONE_EPOCH = [
+    "--data.init_args.min_epoch_steps=12",
+    "--trainer.limit_train_batches=1.0",
+    "--trainer.callbacks+=tests.conftest.SigtermAfterStep",
+]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
-def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path):
-    """The resumed epoch goes on from the batch after the last one trained, not from its first batch again."""
+@pytest.mark.parametrize("stop_after", [5, 11])  # inside the one epoch, between validations (after 3, 6, 9, 12)
+def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path, stop_after):
+    """The resumed epoch goes on from the batch after the last one trained, not from its first batch again: the same
+    best checkpoint, test metrics, weights and logged training values as a run never stopped."""
     reference = tmp_path / "reference"
     done = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={reference}")
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "stopped"
-    stopped = killed_during_training(
-        root, signal.SIGTERM, 0, *ONE_EPOCH, ready=lambda r: any(r.glob("checkpoints/best-*.ckpt"))
-    )
-    assert stopped.returncode == 128 + signal.SIGTERM
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_seg.cli",
+        "fit",
+        *RESUMABLE,
+        *ONE_EPOCH,
+        f"--trainer.default_root_dir={root}",
+    ]
+    env = {**ENV, SIGTERM_AFTER_STEP: str(stop_after)}
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     state = torch.load(RunFolder(root).last_checkpoint, weights_only=True)
-    assert state["epoch"] == 0 and 3 <= state["global_step"] < 12  # inside the one epoch
+    assert (state["epoch"], state["global_step"]) == (0, stop_after)  # inside the one epoch
     again = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={root}")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from a checkpoint that ended before the epoch ended" not in again.stderr
     assert_same_results(reference, root)
+    assert training_values(root) == training_values(reference)
+
+
+def training_values(root: Path) -> dict[tuple[str, str], str]:
+    """``{(step, name): value}`` of every ``train/`` value in the run's logs (all log versions); each logged once."""
+    values: dict[tuple[str, str], str] = {}
+    for path in sorted(root.glob("logs/version_*/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                for name, value in row.items():
+                    if name.startswith("train/") and value:
+                        assert (row["step"], name) not in values, f"{name} logged twice at step {row['step']}"
+                        values[row["step"], name] = value
+    return values
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL semantics")

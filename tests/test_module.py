@@ -247,6 +247,27 @@ def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
     assert last.loss.item() == pytest.approx(last.ce.item())
 
 
+def test_loss_parts_are_logged_once_per_optimizer_step_under_gradient_accumulation():
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(8)]
+    logger = RecordingLogger()
+    trainer = L.Trainer(
+        max_steps=4,
+        log_every_n_steps=1,
+        accumulate_grad_batches=2,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LossPartsLogger()],
+        limit_val_batches=0,
+    )
+    trainer.fit(SegmentationModule(model="tiny", loss="ce", num_classes=3), DataLoader(data, batch_size=None))
+    steps = [step for step, metrics in logger.records if "train/ce" in metrics]
+    assert steps == [0, 1, 2, 3]  # one row per optimizer step, not one per micro-batch
+    assert steps == [step for step, metrics in logger.records if "train/loss" in metrics]
+
+
 def test_optimizer_default_is_adam_1e3():
     optimizer = SegmentationModule(model="tiny").configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3

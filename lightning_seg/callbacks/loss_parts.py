@@ -31,7 +31,8 @@ class LossPartsLogger(Callback):
         loss = getattr(pl_module, "loss", None)
         if not isinstance(loss, SegmentationLoss) or loss.parts is None:
             raise RuntimeError("LossPartsLogger needs pl_module.loss to be a SegmentationLoss that has been called")
-        if not is_logging_step(trainer):
+        # within an accumulation window the logging step holds for every micro-batch; Lightning logs after the last
+        if not is_logging_step(trainer) or trainer.fit_loop._should_accumulate():
             return
         parts = loss.parts.as_dict()
         del parts["loss"]  # already logged by the module as train/loss

@@ -26,7 +26,7 @@ from typing import ClassVar
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from .splits import Fold, subset
 
@@ -77,12 +77,22 @@ def epoch_unfinished(progress) -> bool:
 
 def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
     """The epoch a training loader starts at, and the batches of it already trained: ``(0, 0)`` for a new fit, the
-    restored epoch for a resumed one, with the batches finished before a stop inside that epoch."""
+    restored epoch for a resumed one, with the batches processed before a stop inside that epoch.
+
+    Read when the loader is made, from the restored loop state before Lightning's restart adjusts it, with the rule
+    of that adjustment (``TrainingEpochLoop.reset``): it asks for the batches after the ``processed`` ones, and a
+    state saved after the last batch's ``processed`` but before its ``completed`` (``on_train_batch_end``) rolls
+    over to the next epoch (``FitLoop.reset``)."""
     if trainer is None:
         return 0, 0
     progress = trainer.fit_loop.epoch_progress.current
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed if epoch_unfinished(progress) else 0
-    return progress.processed, done
+    if not epoch_unfinished(progress):
+        return progress.processed, 0
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    total = batches.total
+    if batches.is_last_batch and total.ready == total.started == total.processed == total.completed + 1:
+        return progress.processed + 1, 0
+    return progress.processed, batches.current.processed
 
 
 def global_draw() -> int:
@@ -272,8 +282,10 @@ class MultiPassBatchSampler(BatchSampler):
             pass_epoch = epoch * passes + index
             if isinstance(self.sampler, SeededRandomSampler):
                 self.sampler.set_epoch(pass_epoch)
-            elif hasattr(self.sampler, "set_epoch"):  # a DistributedSampler: it orders by seed + epoch
+            elif isinstance(self.sampler, DistributedSampler):  # it orders by seed + epoch
                 self.sampler.set_epoch(unshifted_epoch(seed, pass_epoch))
+            elif hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(pass_epoch)
             seeds = seeded_generator(seed, pass_epoch, rank)
             for batch in super().__iter__():
                 batch_seeds = torch.randint(

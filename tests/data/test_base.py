@@ -17,6 +17,7 @@ from lightning_seg.data.base import (
     SeededRandomSampler,
     SegmentationDataset,
     as_item,
+    resume_position,
     unshifted_epoch,
 )
 
@@ -154,6 +155,35 @@ def test_a_loader_resumed_inside_an_epoch_goes_on_from_the_next_batch(start_batc
     for sampler in (whole, resumed):
         sampler.sampler.set_epoch(4)
     assert list(resumed) == list(whole) and len(list(whole)) == 6
+
+
+def restored_trainer(epoch: tuple[int, int, int], batches: tuple[int, int, int, int], last: bool) -> L.Trainer:
+    """A trainer whose fit loop holds a restored state: the epoch progress (ready, started, processed) and the
+    batch progress (ready, started, processed, completed), in this epoch and in total alike."""
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    current = trainer.fit_loop.epoch_progress.current
+    current.ready, current.started, current.processed = epoch
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    for counts in (progress.current, progress.total):
+        counts.ready, counts.started, counts.processed, counts.completed = batches
+    progress.is_last_batch = last
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("epoch", "batches", "last", "position"),
+    [
+        ((0, 0, 0), (0, 0, 0, 0), False, (0, 0)),  # a new fit
+        ((3, 3, 3), (8, 8, 8, 8), True, (3, 0)),  # saved at the end of epoch 2: epoch 3 from its first batch
+        ((3, 3, 2), (5, 5, 5, 5), False, (2, 5)),  # SIGTERM after batch 5 of epoch 2: from batch 6
+        ((3, 3, 2), (5, 5, 5, 4), False, (2, 5)),  # saved in on_train_batch_end of batch 5: Lightning counts it done
+        ((3, 3, 2), (8, 8, 8, 7), True, (3, 0)),  # the same at the epoch's last batch: Lightning rolls over
+        ((3, 3, 2), (5, 5, 4, 4), False, (2, 4)),  # saved inside training_step 5: Lightning runs it again
+    ],
+)
+def test_the_resume_position_follows_lightnings_restart(epoch, batches, last, position):
+    assert resume_position(restored_trainer(epoch, batches, last)) == position
+    assert resume_position(None) == (0, 0)
 
 
 def as_lightning_takes_them(sampler, epoch: int, open_iterators: list) -> list[list[tuple[int, int]]]:

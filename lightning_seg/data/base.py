@@ -54,19 +54,23 @@ def run_seed(user: str) -> int:
     return int(seed)
 
 
+def mixed_seed(*entropy: int) -> int:
+    """A 64-bit seed mixed from the non-negative integers ``entropy`` by NumPy's ``SeedSequence``: nearby inputs
+    (seed 1 at epoch 0, seed 0 at epoch 1) give unrelated seeds."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0])
+
+
 def seeded_generator(*entropy: int) -> torch.Generator:
-    """A torch generator seeded from the non-negative integers ``entropy`` through NumPy's ``SeedSequence``:
-    nearby inputs (seed 1 at epoch 0, seed 0 at epoch 1) give unrelated streams."""
-    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)
-    return torch.Generator().manual_seed(int(state[0]))
+    """A torch generator seeded by :func:`mixed_seed` of ``entropy``: unrelated streams for nearby inputs."""
+    return torch.Generator().manual_seed(mixed_seed(*entropy))
 
 
 def unshifted_epoch(seed: int, epoch: int) -> int:
     """The epoch to give a sampler that orders by ``seed + epoch`` (torch's ``DistributedSampler``, which Lightning
-    puts in under several processes): a ``SeedSequence`` hash of both, below ``2**62``. Given the epoch itself, seed
+    puts in under several processes): :func:`mixed_seed` of both, below ``2**62``. Given the epoch itself, seed
     ``s + 1`` at epoch ``e`` would repeat the order of seed ``s`` at epoch ``e + 1``: replicate runs of seeds 0, 1 and
     2 would see one sequence of orders, shifted."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 2)
+    return mixed_seed(seed, epoch) >> 2
 
 
 def epoch_unfinished(progress) -> bool:
@@ -280,17 +284,14 @@ class MultiPassBatchSampler(BatchSampler):
         skip, self._skip = self._skip, 0
         for index in range(passes):
             pass_epoch = epoch * passes + index
-            if isinstance(self.sampler, SeededRandomSampler):
-                self.sampler.set_epoch(pass_epoch)
-            elif isinstance(self.sampler, DistributedSampler):  # it orders by seed + epoch
+            if isinstance(self.sampler, DistributedSampler):  # it orders by seed + epoch
                 self.sampler.set_epoch(unshifted_epoch(seed, pass_epoch))
             elif hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(pass_epoch)
             seeds = seeded_generator(seed, pass_epoch, rank)
             for batch in super().__iter__():
-                batch_seeds = torch.randint(
-                    SEED_RANGE, (len(batch),), generator=seeds
-                ).tolist()  # drawn when skipped too
+                # drawn for a skipped batch too: the batches after it get the seeds of an unstopped run
+                batch_seeds = torch.randint(SEED_RANGE, (len(batch),), generator=seeds).tolist()
                 if skip:
                     skip -= 1
                     continue

@@ -244,23 +244,18 @@ RESUMABLE = [*SYNTHETIC, *SMALL_RUN, "--trainer.max_steps=12", "--checkpoint.eve
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def lightning_seg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "lightning_seg.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+#: the command line of the CLI in a process of its own
+CLI = [sys.executable, "-m", "lightning_seg.cli"]
+
+
+def lightning_seg(*args: str, timeout: float = 300, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def killed_during_training(root: Path, signum: int, after_epoch: int, *extra: str) -> subprocess.Popen:
     """Start the fit (``RESUMABLE``, then ``extra``) and send ``signum`` once last.ckpt holds epoch ``after_epoch``
     (bounded in time)."""
-    command = [
-        sys.executable,
-        "-m",
-        "lightning_seg.cli",
-        "fit",
-        *RESUMABLE,
-        *extra,
-        f"--trainer.default_root_dir={root}",
-    ]
+    command = [*CLI, "fit", *RESUMABLE, *extra, f"--trainer.default_root_dir={root}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     deadline = time.monotonic() + 600
     try:
@@ -349,21 +344,12 @@ def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path
     done = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={reference}")
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "stopped"
-    command = [
-        sys.executable,
-        "-m",
-        "lightning_seg.cli",
-        "fit",
-        *RESUMABLE,
-        *ONE_EPOCH,
-        f"--trainer.default_root_dir={root}",
-    ]
-    env = {**ENV, SIGTERM_AFTER_STEP: str(stop_after)}
-    stopped = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    run = ["fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={root}"]
+    stopped = lightning_seg(*run, env={**ENV, SIGTERM_AFTER_STEP: str(stop_after)})
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     state = torch.load(RunFolder(root).last_checkpoint, weights_only=True)
     assert (state["epoch"], state["global_step"]) == (0, stop_after)  # inside the one epoch
-    again = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={root}")
+    again = lightning_seg(*run)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from a checkpoint that ended before the epoch ended" not in again.stderr
     assert_same_results(reference, root)

@@ -203,28 +203,33 @@ class RecordingLogger(Logger):
         pass
 
 
-def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
+def fit_logging_loss_parts(batches: int, callbacks=(), **trainer_options) -> tuple[L.Trainer, RecordingLogger]:
+    """A fit of the tiny network with CE on ``batches`` random batches of two 16² images, the loss parts logged into
+    a :class:`RecordingLogger`."""
     torch.manual_seed(0)
-    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(5)]
-    module = SegmentationModule(model="tiny", loss="ce", num_classes=3)
+    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(batches)]
+    logger = RecordingLogger()
+    trainer = L.Trainer(
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LossPartsLogger(), *callbacks],
+        limit_val_batches=0,
+        **trainer_options,
+    )
+    trainer.fit(SegmentationModule(model="tiny", loss="ce", num_classes=3), DataLoader(data, batch_size=None))
+    return trainer, logger
+
+
+def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
     seen = []
 
     class Spy(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
             seen.append(pl_module.loss.parts)
 
-    logger = RecordingLogger()
-    trainer = L.Trainer(
-        max_steps=5,
-        log_every_n_steps=2,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[LossPartsLogger(), Spy()],
-        limit_val_batches=0,
-    )
-    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=None))
+    trainer, logger = fit_logging_loss_parts(5, [Spy()], max_steps=5, log_every_n_steps=2)
     keys = ("loss", "ce", "dice_loss", "p_bar", "dice_coef", "alpha")
     logged: dict[int, dict[str, float]] = {}
     for step, metrics in logger.records:  # the parts and the module's train/loss: two calls, one step and epoch
@@ -248,21 +253,7 @@ def test_loss_parts_logger_logs_the_values_of_the_logging_steps():
 
 
 def test_loss_parts_are_logged_once_per_optimizer_step_under_gradient_accumulation():
-    torch.manual_seed(0)
-    data = [{"image": torch.randn(2, 1, 16, 16), "mask": torch.randint(0, 3, (2, 16, 16))} for _ in range(8)]
-    logger = RecordingLogger()
-    trainer = L.Trainer(
-        max_steps=4,
-        log_every_n_steps=1,
-        accumulate_grad_batches=2,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[LossPartsLogger()],
-        limit_val_batches=0,
-    )
-    trainer.fit(SegmentationModule(model="tiny", loss="ce", num_classes=3), DataLoader(data, batch_size=None))
+    _, logger = fit_logging_loss_parts(8, max_steps=4, log_every_n_steps=1, accumulate_grad_batches=2)
     steps = [step for step, metrics in logger.records if "train/ce" in metrics]
     assert steps == [0, 1, 2, 3]  # one row per optimizer step, not one per micro-batch
     assert steps == [step for step, metrics in logger.records if "train/loss" in metrics]

@@ -1,25 +1,29 @@
-"""The step progress bar: counts optimizer steps over the whole budget, redraws only at logging steps and validations."""
+"""The step progress bar: counts optimizer steps over the whole budget, redraws only at logging steps and validations,
+at most once every ``refresh_seconds`` on a live console, and only at the end where nothing redraws in place."""
 
 import lightning as L
+import pytest
 import torch
+from rich.console import Console
 from torch.utils.data import DataLoader
 
 from lightning_seg import SegmentationModule
 from lightning_seg.callbacks import ProgressBar
 
 
-def test_the_bar_counts_steps_and_redraws_at_logging_steps_and_validations(capsys):
+def fit_drawing(bar: ProgressBar) -> list[int]:
+    """The steps at which ``bar`` drew itself in a 12-step fit: logging steps 4, 8 and 12, validations after steps
+    6 and 12, an epoch of 2 steps (validations fall across epoch ends)."""
     torch.manual_seed(0)
     data = [{"image": torch.randn(1, 16, 16), "mask": torch.randint(0, 3, (16, 16))} for _ in range(4)]
     module = SegmentationModule(model="tiny", loss="ce", num_classes=3)
-    bar = ProgressBar()
-    redraws = []
-    show = bar._show
-    bar._show = lambda trainer, completed: (redraws.append(completed), show(trainer, completed))
+    draws = []
+    draw = bar._draw
+    bar._draw = lambda trainer, completed: (draws.append(completed), draw(trainer, completed))
     trainer = L.Trainer(
         max_steps=12,
         val_check_interval=6,
-        check_val_every_n_epoch=None,  # an epoch is 2 steps: validations fall across epoch ends
+        check_val_every_n_epoch=None,
         log_every_n_steps=4,
         logger=False,
         enable_checkpointing=False,
@@ -27,7 +31,29 @@ def test_the_bar_counts_steps_and_redraws_at_logging_steps_and_validations(capsy
         callbacks=[bar],
     )
     trainer.fit(module, DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
-    # logging steps 4, 8, 12; validations after steps 6 and 12; the end of training
-    assert redraws == [4, 6, 8, 12, 12, 12]
+    return draws
+
+
+@pytest.mark.parametrize(
+    ("refresh_seconds", "expected"),
+    [
+        (0.0, [4, 6, 8, 12, 12, 12]),  # every logging step, every validation, the end
+        (1e9, [4, 12]),  # the first, then nothing until the end
+    ],
+)
+def test_a_live_bar_redraws_at_logging_steps_and_validations_at_most_once_per_interval(
+    monkeypatch, refresh_seconds, expected
+):
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    assert fit_drawing(ProgressBar(refresh_seconds=refresh_seconds)) == expected
+
+
+def test_a_bar_written_to_a_file_is_drawn_once_at_the_end_with_the_values(capsys):
+    assert fit_drawing(ProgressBar(refresh_seconds=0.0)) == [12]
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("steps")]
     assert "12/12" in line and "train/loss" in line and "val/miou" in line
+
+
+def test_a_negative_refresh_interval_is_refused():
+    with pytest.raises(ValueError, match="refresh_seconds must be ≥ 0, got -1"):
+        ProgressBar(refresh_seconds=-1)

@@ -381,8 +381,10 @@ def plain_worker(args: argparse.Namespace) -> None:
     model, loss, loader, _ = build_parts(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    durations, cpu_durations, step, start = [], [], 0, now()
+    durations, cpu_durations, step, epoch, start = [], [], 0, 0, now()
     while step < args.steps:
+        loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch: a new epoch's draws
+        epoch += 1
         for batch in loader:
             t0, c0 = now(), cpu()
             optimizer.zero_grad(set_to_none=True)

@@ -277,8 +277,7 @@ class MultiPassBatchSampler(BatchSampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         passes = self.passes
         # Read when the epoch's first batch is asked for, after Lightning's set_epoch for this epoch (or, for the
-        # first epoch of a loader, start_epoch). Not set back afterwards: the iterator of an epoch is closed only
-        # once the next epoch's has started.
+        # first epoch of a loader, start_epoch).
         epoch = getattr(self.sampler, "epoch", 0)
         seed, rank = getattr(self.sampler, "seed", 0), getattr(self.sampler, "rank", 0)
         skip, self._skip = self._skip, 0
@@ -296,6 +295,12 @@ class MultiPassBatchSampler(BatchSampler):
                     skip -= 1
                     continue
                 yield list(zip(batch, batch_seeds, strict=True))
+        # The epoch back, once every pass is drawn (an iterator left before its end, which is closed only after the
+        # next epoch's set_epoch, leaves it alone): without a set_epoch in between (a loop of one's own over the
+        # loader), the next iteration repeats this epoch, as a DistributedSampler's would; read again, the last
+        # pass's epoch would grow by a factor of `passes` per iteration, and its seed mixing with it.
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.passes * super().__len__()

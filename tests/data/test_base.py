@@ -144,6 +144,25 @@ def test_the_first_epoch_is_start_epoch_before_any_set_epoch():
         MultiPassBatchSampler(sampler, 4, False, start_batch=-2)
 
 
+@pytest.mark.parametrize("distributed", [False, True])
+def test_an_epoch_iterated_again_without_set_epoch_repeats_itself(distributed):
+    """A loop of one's own over the loader, with no set_epoch between iterations, sees the same epoch each time;
+    the sampler's epoch is back where it was (before, it read the last pass's epoch: 2 passes made epoch 2 into
+    5, then 11, 23, ..., a number growing with every iteration)."""
+    data = range(10)
+    sampler = DistributedSampler(data, 1, 0, shuffle=True, seed=3) if distributed else SeededRandomSampler(data, 3)
+    batches = MultiPassBatchSampler(sampler, 4, False, min_steps=6, start_epoch=2)  # 2 passes of 3 batches
+    first = list(batches)
+    assert sampler.epoch == 2 and list(batches) == first and sampler.epoch == 2
+    sampler.set_epoch(3)
+    assert list(batches) != first
+    left = iter(batches)
+    next(left)
+    sampler.set_epoch(7)  # Lightning's next epoch before the old iterator is closed
+    left.close()
+    assert sampler.epoch == 7
+
+
 @pytest.mark.parametrize("start_batch", [0, 1, 2, 5, 6])  # 6 batches per epoch: 2 passes of 3
 def test_a_loader_resumed_inside_an_epoch_goes_on_from_the_next_batch(start_batch):
     """The first iteration leaves out the batches already trained, with the same (index, seed) pairs after them;

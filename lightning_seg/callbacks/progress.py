@@ -3,6 +3,7 @@ second."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -31,10 +32,10 @@ class ProgressBar(_ProgressBar):
     progress-bar value into a Python number (a device→host sync per step on a GPU). This bar counts
     ``trainer.global_step`` against ``trainer.estimated_stepping_batches`` (the step budget, or epochs × batches
     in the epoch form) and is redrawn at logging steps (:func:`~lightning_seg.module.is_logging_step`) and after
-    each validation, at most once every ``refresh_seconds``, and at the end, with the last values of ``keys``
-    read then. Where nothing is redrawn in place (output to a file or a pipe: Rich prints the bar once, when it
-    stops), only the end is drawn: at a short step, the rendering of every logging step cost 0.45 ms
-    (benchmarks/README.md) for output nobody sees.
+    each validation, at most once every ``refresh_seconds``, and at the end of training or where an exception
+    stops it, with the last values of ``keys`` read then. Where nothing is redrawn in place (output to a file or a
+    pipe: Rich prints the bar once, when it stops), only the end is drawn: at a short step, the rendering of every
+    logging step cost about 0.45 ms (benchmarks/README.md) for output nobody sees.
 
     Args:
         keys: logged values to show (those not logged yet are left out).
@@ -138,4 +139,7 @@ class ProgressBar(_ProgressBar):
         self._stop()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn == "fit":  # the steps bar as the run stopped (a crash, Ctrl-C, SIGTERM, a NaN)
+            with contextlib.suppress(Exception):  # reading the values must not hide the exception on its way
+                self._show(trainer, trainer.global_step, final=True)
         self._stop()

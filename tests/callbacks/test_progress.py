@@ -11,7 +11,16 @@ from lightning_seg import SegmentationModule
 from lightning_seg.callbacks import ProgressBar
 
 
-def fit_drawing(bar: ProgressBar) -> list[int]:
+class StopAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+def fit_drawing(bar: ProgressBar, *callbacks: L.Callback) -> list[int]:
     """The steps at which ``bar`` drew itself in a 12-step fit: logging steps 4, 8 and 12, validations after steps
     6 and 12, an epoch of 2 steps (validations fall across epoch ends)."""
     torch.manual_seed(0)
@@ -28,7 +37,7 @@ def fit_drawing(bar: ProgressBar) -> list[int]:
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[bar],
+        callbacks=[bar, *callbacks],
     )
     trainer.fit(module, DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
     return draws
@@ -57,3 +66,11 @@ def test_a_bar_written_to_a_file_is_drawn_once_at_the_end_with_the_values(capsys
 def test_a_negative_refresh_interval_is_refused():
     with pytest.raises(ValueError, match="refresh_seconds must be ≥ 0, got -1"):
         ProgressBar(refresh_seconds=-1)
+
+
+def test_a_run_that_stops_early_leaves_the_bar_at_its_last_step_with_the_values(capsys):
+    """A crash, Ctrl-C, SIGTERM or non-finite loss: the log file's one line says where the run stopped."""
+    with pytest.raises(RuntimeError, match="stopped at step 10"):
+        fit_drawing(ProgressBar(), StopAt(10))
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("steps")]
+    assert "10/12" in line and "train/loss" in line and "val/miou" in line

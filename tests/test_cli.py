@@ -335,16 +335,28 @@ ONE_EPOCH = [
 ]
 
 
+#: a validation of two batches of 2 images: a SIGTERM sent before it arrives during it
+TWO_VALIDATION_BATCHES = ["--trainer.limit_val_batches=2", "--data.init_args.batch_size=2"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
-@pytest.mark.parametrize("stop_after", [5, 11])  # inside the one epoch, between validations (after 3, 6, 9, 12)
-def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path, stop_after):
+@pytest.mark.parametrize(
+    ("stop_after", "extra"),
+    [
+        (5, []),  # inside the one epoch, between validations (after 3, 6, 9, 12)
+        (11, []),
+        (6, []),  # at a step with a validation: it runs, then the run stops
+        (6, TWO_VALIDATION_BATCHES),  # the SIGTERM arrives during the validation: held back until its end
+    ],
+)
+def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path, stop_after, extra):
     """The resumed epoch goes on from the batch after the last one trained, not from its first batch again: the same
     best checkpoint, test metrics, weights and logged training values as a run never stopped."""
     reference = tmp_path / "reference"
-    done = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={reference}")
+    done = lightning_seg("fit", *RESUMABLE, *ONE_EPOCH, *extra, f"--trainer.default_root_dir={reference}")
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "stopped"
-    run = ["fit", *RESUMABLE, *ONE_EPOCH, f"--trainer.default_root_dir={root}"]
+    run = ["fit", *RESUMABLE, *ONE_EPOCH, *extra, f"--trainer.default_root_dir={root}"]
     stopped = lightning_seg(*run, env={**ENV, SIGTERM_AFTER_STEP: str(stop_after)})
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     state = torch.load(RunFolder(root).last_checkpoint, weights_only=True)

@@ -174,6 +174,11 @@ class RunCheckpoint(Checkpoint):
         self._previous_best: str | None = None
         self._restored_rng: dict | None = None
         self._last_write = time.monotonic()
+        #: the step whose validation ran last in this fit, and a SIGTERM held back until that validation ends
+        self._validated_step: int | None = None
+        self._held_sigterm = False
+        #: the next write is the SIGTERM state saved right after a validation (see on_exception)
+        self._stopping_after_validation = False
         #: checkpoint files written by this process, by kind
         self.writes = {"best": 0, "last": 0}
 
@@ -228,9 +233,22 @@ class RunCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_write = time.monotonic()
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        """A ``SIGTERM`` during a validation waits for its end: Lightning would stop after this batch, in a state
+        whose restart did not give the logs of a run never stopped (``tests/test_cli.py``). Held back, the stop
+        comes after the validation, between two steps (one process: under several, the processes agree on a stop
+        by Lightning's own exchange, left alone)."""
+        if self._fitting(trainer) and trainer.world_size == 1 and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False
+            self._held_sigterm = True
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._fitting(trainer):
             return
+        self._validated_step = trainer.global_step
+        if self._held_sigterm:  # Lightning stops at the end of this step, after the validation
+            trainer._signal_connector.received_sigterm = True
+            self._held_sigterm = False
         if self.monitor not in trainer.callback_metrics:
             raise ValueError(
                 f"--checkpoint.monitor={self.monitor} is not logged at validation; logged: "
@@ -262,8 +280,24 @@ class RunCheckpoint(Checkpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A ``SIGTERM`` is a clean stop (Lightning stops between two steps): save the state to go on from."""
         if isinstance(exception, SIGTERMException) and self._fitting(trainer):
-            self.save_last(trainer)
+            self._stopping_after_validation = (
+                epoch_unfinished(trainer.fit_loop.epoch_progress.current)
+                and self._validated_step == trainer.global_step
+            )
+            try:
+                self.save_last(trainer)
+            finally:
+                self._stopping_after_validation = False
             rank_zero_info(f"stopped by SIGTERM at step {trainer.global_step}; the same command resumes from here")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A state saved by a ``SIGTERM`` just after a step's validation, inside an epoch, holds the logging step
+        count as a state saved at that validation's end would: Lightning's restart skips the validation already
+        done and counts the step once more, as it does for a checkpoint written by ``on_validation_end``, before
+        the count grew (``_TrainingEpochLoop.advance`` and ``on_advance_end``, Lightning 2.6); from our later state,
+        the loggers' steps after a resume were one ahead of a run never stopped."""
+        if self._stopping_after_validation:
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     # --- files ------------------------------------------------------------------------------------------
     def _improves(self, score: float) -> bool:

@@ -335,7 +335,7 @@ ONE_EPOCH = [
 ]
 
 
-#: a validation of two batches of 2 images: a SIGTERM sent before it arrives during it
+#: a validation of two batches of 2 images: a SIGTERM sent just before it is noticed after its first batch
 TWO_VALIDATION_BATCHES = ["--trainer.limit_val_batches=2", "--data.init_args.batch_size=2"]
 
 
@@ -346,7 +346,7 @@ TWO_VALIDATION_BATCHES = ["--trainer.limit_val_batches=2", "--data.init_args.bat
         (5, []),  # inside the one epoch, between validations (after 3, 6, 9, 12)
         (11, []),
         (6, []),  # at a step with a validation: it runs, then the run stops
-        (6, TWO_VALIDATION_BATCHES),  # the SIGTERM arrives during the validation: held back until its end
+        (6, TWO_VALIDATION_BATCHES),  # noticed during the validation of two batches: held back until its end
     ],
 )
 def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_results(tmp_path, stop_after, extra):

@@ -139,6 +139,29 @@ class _EpochEndResumeFitLoop(_FitLoop):
         _Loop.restarting.fset(self, restarting and epoch_unfinished(self.epoch_progress.current))
 
 
+def restart_skips_a_validation(trainer: L.Trainer) -> bool:
+    """Whether Lightning 2.6's restart from the fit's state now skips the validation of the last step and counts
+    that step once more in the loggers' step count (``_TrainingEpochLoop.advance`` and ``on_advance_end``): inside
+    an epoch (the restart of a finished epoch starts the next one, :class:`_EpochEndResumeFitLoop`), outside a
+    validation, every batch counter equal (Lightning's "restarted on last"), no time-based validation interval
+    (whose clock a restart sets anew), no gradient accumulation window open, and a validation due at the last
+    batch by Lightning's own rule, with ``should_stop`` unset as at a restart."""
+    fit_loop = trainer.fit_loop
+    loop = fit_loop.epoch_loop
+    total = loop.batch_progress.total
+    if not epoch_unfinished(fit_loop.epoch_progress.current) or trainer.validating:
+        return False
+    if not total.ready == total.started == total.processed == total.completed:
+        return False
+    if trainer._val_check_time_interval is not None or loop._should_accumulate():
+        return False
+    should_stop, trainer.should_stop = trainer.should_stop, False
+    try:
+        return loop._should_check_val_fx(fit_loop._data_fetcher)
+    finally:
+        trainer.should_stop = should_stop
+
+
 class RunCheckpoint(Checkpoint):
     """Best weights at validation and a resumable ``last.ckpt`` on a time interval (module docstring).
 
@@ -174,8 +197,7 @@ class RunCheckpoint(Checkpoint):
         self._previous_best: str | None = None
         self._restored_rng: dict | None = None
         self._last_write = time.monotonic()
-        #: the step whose validation ran last in this fit, and a SIGTERM held back until that validation ends
-        self._validated_step: int | None = None
+        #: a SIGTERM held back until the validation it arrived in ends
         self._held_sigterm = False
         #: the next write is the SIGTERM state saved right after a validation (see on_exception)
         self._stopping_after_validation = False
@@ -212,6 +234,7 @@ class RunCheckpoint(Checkpoint):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Bring the folder in line with the state training starts from (restored, or none when starting anew)."""
+        self._held_sigterm = False
         if self._restored_rng is not None:
             # The generators as they were when last.ckpt was written, for whatever draws from them in training
             # (dropout; the loader's order and augmentations do not), as it would have without the stop (the
@@ -245,7 +268,6 @@ class RunCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._fitting(trainer):
             return
-        self._validated_step = trainer.global_step
         if self._held_sigterm:  # Lightning stops at the end of this step, after the validation
             trainer._signal_connector.received_sigterm = True
             self._held_sigterm = False
@@ -279,11 +301,11 @@ class RunCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A ``SIGTERM`` is a clean stop (Lightning stops between two steps): save the state to go on from."""
+        if self._held_sigterm:  # another exception ended the validation: the stop asked for stands
+            trainer._signal_connector.received_sigterm = True
+            self._held_sigterm = False
         if isinstance(exception, SIGTERMException) and self._fitting(trainer):
-            self._stopping_after_validation = (
-                epoch_unfinished(trainer.fit_loop.epoch_progress.current)
-                and self._validated_step == trainer.global_step
-            )
+            self._stopping_after_validation = restart_skips_a_validation(trainer)
             try:
                 self.save_last(trainer)
             finally:
@@ -291,11 +313,11 @@ class RunCheckpoint(Checkpoint):
             rank_zero_info(f"stopped by SIGTERM at step {trainer.global_step}; the same command resumes from here")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        """A state saved by a ``SIGTERM`` just after a step's validation, inside an epoch, holds the logging step
-        count as a state saved at that validation's end would: Lightning's restart skips the validation already
-        done and counts the step once more, as it does for a checkpoint written by ``on_validation_end``, before
-        the count grew (``_TrainingEpochLoop.advance`` and ``on_advance_end``, Lightning 2.6); from our later state,
-        the loggers' steps after a resume were one ahead of a run never stopped."""
+        """A state saved by a ``SIGTERM`` from which Lightning's restart skips a validation
+        (:func:`restart_skips_a_validation`) holds the logging step count as a state saved at that validation's end
+        would: the restart counts the step once more, as suits a checkpoint written by ``on_validation_end``, before
+        the count grew; from our later state, the loggers' steps after a resume were one ahead of a run never
+        stopped."""
         if self._stopping_after_validation:
             checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 

@@ -6,12 +6,17 @@ import contextlib
 import math
 import os
 import random
+import signal
+import sys
+import time
 from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_seg.callbacks import CheckpointError, RunCheckpoint
 from lightning_seg.callbacks.checkpoint import inspect_checkpoint, rng_state, set_rng_state
@@ -183,3 +188,133 @@ def test_a_fresh_start_clears_best_files_of_an_attempt_that_left_no_resumable_st
     assert sorted(p.name for p in folder.checkpoints.iterdir()) == ["best-step2.ckpt"]
     assert folder.read(Records.BEST)["step"] == 2
     assert not os.path.exists(folder.checkpoints / ".last.ckpt.tmp")
+
+
+# --- a SIGTERM's state: the loggers' step count after a resume --------------------------------------------------
+
+
+class StepCounts(L.LightningModule):
+    """A linear model on 12 one-sample batches, 2 validation batches; records at every training step the optimizer
+    step and Lightning's loggers' step count, which a run never stopped keeps equal, and the step of every
+    validation that ran to its end."""
+
+    def __init__(self, seconds_per_step: float = 0.0) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seconds_per_step = seconds_per_step
+        self.counts: list[tuple[int, int]] = []
+        self.validated: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.seconds_per_step:
+            time.sleep(self.seconds_per_step)
+        self.counts.append((self.global_step, self.trainer.fit_loop.epoch_loop._batches_that_stepped))
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/x", self.layer(batch[0]).sum())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=1)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(2, 2)), batch_size=1)
+
+
+class Sigterm(L.Callback):
+    """Sends its own process a SIGTERM at ``hook`` when ``when(trainer, batch_idx)`` holds (once)."""
+
+    def __init__(self, hook: str, when=lambda trainer, batch_idx: True) -> None:
+        self.hook, self.when, self.sent = hook, when, False
+
+    def _send(self, trainer, batch_idx=None) -> None:
+        if not self.sent and not trainer.sanity_checking and self.when(trainer, batch_idx):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.hook == "train_batch_end":
+            self._send(trainer, batch_idx)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.hook == "validation_batch_end":
+            self._send(trainer, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.hook == "validation_end":
+            self._send(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.hook == "train_start":
+            self._send(trainer)
+
+
+def fit_counting(root, sigterm: Sigterm | None, seconds_per_step: float, **trainer_kwargs) -> StepCounts:
+    module = StepCounts(seconds_per_step)
+    last = RunFolder(root).last_checkpoint
+    options = dict(max_steps=12, max_epochs=-1, val_check_interval=3, check_val_every_n_epoch=None, logger=False)
+    options.update(trainer_kwargs)
+    callbacks = [RunCheckpoint(monitor="val/x", every_minutes=1e6), *([sigterm] if sigterm else [])]
+    trainer = L.Trainer(
+        default_root_dir=root,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **options,
+    )
+    with contextlib.suppress(SIGTERMException):
+        trainer.fit(module, ckpt_path=str(last) if last.is_file() else None)
+    return module
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+@pytest.mark.parametrize(
+    ("stops", "seconds_per_step", "trainer_kwargs", "same_validations"),
+    [
+        # after step 6, whose validation (of one batch) then runs: Lightning's restart skips it and counts the step
+        # once more
+        ([Sigterm("train_batch_end", lambda t, i: t.global_step == 6)], 0.0, {"limit_val_batches": 1}, True),
+        # during step 6's validation (of 2 batches): held until it ends, then the same state
+        ([Sigterm("validation_batch_end", lambda t, i: t.global_step == 6 and i == 0)], 0.0, {}, True),
+        # after step 6, then again as the resumed run starts, before its first step
+        (
+            [Sigterm("train_batch_end", lambda t, i: t.global_step == 6), Sigterm("train_start")],
+            0.0,
+            {"limit_val_batches": 1},
+            True,
+        ),
+        # after a step with a validation every 0.5 s: a restart sets that clock anew and skips nothing
+        ([Sigterm("validation_end")], 0.2, {"val_check_interval": {"seconds": 0.5}}, False),
+        # accumulating 2 batches per step, validating every 4 batches, stopped after batch 5: no validation there
+        (
+            [Sigterm("train_batch_end", lambda t, i: i == 4)],
+            0.0,
+            {"accumulate_grad_batches": 2, "max_steps": 6},
+            True,
+        ),
+    ],
+    ids=["after-a-validation-step", "during-a-validation", "twice", "time-interval", "accumulation"],
+)
+def test_a_sigterm_state_resumes_with_the_step_count_and_validations_of_a_run_never_stopped(
+    tmp_path, stops, seconds_per_step, trainer_kwargs, same_validations
+):
+    reference = fit_counting(tmp_path / "reference", None, seconds_per_step, **trainer_kwargs)
+    root = tmp_path / "stopped"
+    counts, validated = [], []
+    for sigterm in [*stops, None]:
+        module = fit_counting(root, sigterm, seconds_per_step, **trainer_kwargs)
+        counts += module.counts
+        validated += module.validated
+        assert RunFolder(root).last_checkpoint.is_file()
+    assert [step for step, _ in counts] == [step for step, _ in reference.counts]
+    assert [(step, logged) for step, logged in counts if step != logged] == []
+    if same_validations:  # each one once, whole (not with a time interval: that depends on the clock)
+        assert validated == reference.validated

@@ -265,12 +265,16 @@ class RunCheckpoint(Checkpoint):
             trainer._signal_connector.received_sigterm = False
             self._held_sigterm = True
 
+    def _release_sigterm(self, trainer: L.Trainer) -> None:
+        """Give Lightning back a SIGTERM held during a validation: the stop asked for stands."""
+        if self._held_sigterm:
+            trainer._signal_connector.received_sigterm = True
+            self._held_sigterm = False
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._fitting(trainer):
             return
-        if self._held_sigterm:  # Lightning stops at the end of this step, after the validation
-            trainer._signal_connector.received_sigterm = True
-            self._held_sigterm = False
+        self._release_sigterm(trainer)  # Lightning stops at the end of this step, after the validation
         if self.monitor not in trainer.callback_metrics:
             raise ValueError(
                 f"--checkpoint.monitor={self.monitor} is not logged at validation; logged: "
@@ -301,9 +305,7 @@ class RunCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """A ``SIGTERM`` is a clean stop (Lightning stops between two steps): save the state to go on from."""
-        if self._held_sigterm:  # another exception ended the validation: the stop asked for stands
-            trainer._signal_connector.received_sigterm = True
-            self._held_sigterm = False
+        self._release_sigterm(trainer)  # another exception ended the validation
         if isinstance(exception, SIGTERMException) and self._fitting(trainer):
             self._stopping_after_validation = restart_skips_a_validation(trainer)
             try:

@@ -456,6 +456,10 @@ def one_line_error(capsys, *args: str) -> tuple[int, str]:
         (["--model.init_args.model=unett"], "--model.init_args.model: unknown model 'unett'; registered: "),
         (["--checkpoint.mode=maxx"], "--checkpoint.mode: mode must be 'max' or 'min', got 'maxx'"),
         (
+            ["--checkpoint.sigterm_wait_seconds=-1"],
+            "--checkpoint.sigterm_wait_seconds: sigterm_wait_seconds must be ≥ 0, got -1.0",
+        ),
+        (
             ["--model.init_args.loss=additive", "--model.init_args.loss.init_args.lam=3"],
             "--model.init_args.loss.init_args.lam: lam must lie in [0, 1], got 3.0",
         ),

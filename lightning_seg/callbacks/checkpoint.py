@@ -174,22 +174,35 @@ class RunCheckpoint(Checkpoint):
         mode: ``"max"`` or ``"min"``.
         every_minutes: least time between two writes of ``last.ckpt`` (at epoch ends); 0 for every epoch end.
         keep_last: keep ``last.ckpt`` when the run has finished (to train on from it later).
+        sigterm_wait_seconds: longest a ``SIGTERM`` that arrives during a validation waits for its end (so that
+            the run resumes exactly); past it the run stops after the validation batch in hand, in a state whose
+            resume is not exact (README, "Resume"). Leave time under the scheduler's grace period before its
+            ``SIGKILL`` for the rest of the validation and the write of ``last.ckpt``; 0 stops at once.
 
     Raises:
-        ValueError: ``mode`` is not ``"max"``/``"min"``, or ``every_minutes`` is negative.
+        ValueError: ``mode`` is not ``"max"``/``"min"``, or ``every_minutes`` or ``sigterm_wait_seconds`` is
+            negative.
     """
 
     def __init__(
-        self, monitor: str = "val/miou", mode: str = "max", every_minutes: float = 5.0, keep_last: bool = False
+        self,
+        monitor: str = "val/miou",
+        mode: str = "max",
+        every_minutes: float = 5.0,
+        keep_last: bool = False,
+        sigterm_wait_seconds: float = 5.0,
     ):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if every_minutes < 0:
             raise ValueError(f"every_minutes must be ≥ 0, got {every_minutes}")
+        if sigterm_wait_seconds < 0:
+            raise ValueError(f"sigterm_wait_seconds must be ≥ 0, got {sigterm_wait_seconds}")
         self.monitor = monitor
         self.mode = mode
         self.every_minutes = every_minutes
         self.keep_last = keep_last
+        self.sigterm_wait_seconds = sigterm_wait_seconds
         self.folder: RunFolder | None = None
         self.best: dict | None = None  # path (relative), score, step, epoch
         #: best checkpoints that ``last.ckpt`` and ``previous.ckpt`` refer to: kept while those exist
@@ -197,8 +210,8 @@ class RunCheckpoint(Checkpoint):
         self._previous_best: str | None = None
         self._restored_rng: dict | None = None
         self._last_write = time.monotonic()
-        #: a SIGTERM held back until the validation it arrived in ends
-        self._held_sigterm = False
+        #: when a SIGTERM held back until the end of the validation it arrived in was noticed (monotonic seconds)
+        self._held_since: float | None = None
         #: the next write is the SIGTERM state saved right after a validation (see on_exception)
         self._stopping_after_validation = False
         #: checkpoint files written by this process, by kind
@@ -234,7 +247,7 @@ class RunCheckpoint(Checkpoint):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Bring the folder in line with the state training starts from (restored, or none when starting anew)."""
-        self._held_sigterm = False
+        self._held_since = None
         if self._restored_rng is not None:
             # The generators as they were when last.ckpt was written, for whatever draws from them in training
             # (dropout; the loader's order and augmentations do not), as it would have without the stop (the
@@ -260,16 +273,24 @@ class RunCheckpoint(Checkpoint):
         """A ``SIGTERM`` during a validation waits for its end: Lightning would stop after this batch, in a state
         whose restart did not give the logs of a run never stopped (``tests/test_cli.py``). Held back, the stop
         comes after the validation, between two steps (one process: under several, the processes agree on a stop
-        by Lightning's own exchange, left alone)."""
-        if self._fitting(trainer) and trainer.world_size == 1 and trainer.received_sigterm:
-            trainer._signal_connector.received_sigterm = False
-            self._held_sigterm = True
+        by Lightning's own exchange, left alone), unless the validation goes on for more than
+        ``sigterm_wait_seconds`` after it: then Lightning stops after this batch."""
+        if not (self._fitting(trainer) and trainer.world_size == 1):
+            return
+        if trainer.received_sigterm and self._held_since is None:
+            self._held_since = time.monotonic()
+        if self._held_since is None:
+            return
+        waited = time.monotonic() - self._held_since
+        trainer._signal_connector.received_sigterm = waited >= self.sigterm_wait_seconds
+        if trainer.received_sigterm:  # waited long enough: Lightning stops after this batch
+            self._held_since = None
 
     def _release_sigterm(self, trainer: L.Trainer) -> None:
         """Give Lightning back a SIGTERM held during a validation: the stop asked for stands."""
-        if self._held_sigterm:
+        if self._held_since is not None:
             trainer._signal_connector.received_sigterm = True
-            self._held_sigterm = False
+            self._held_since = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._fitting(trainer):

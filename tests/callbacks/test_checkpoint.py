@@ -256,8 +256,10 @@ class Sigterm(L.Callback):
             self._send(trainer)
 
 
-def fit_counting(root, sigterm: Sigterm | None, seconds_per_step: float, **trainer_kwargs) -> StepCounts:
-    module = StepCounts(seconds_per_step)
+def fit_counting(
+    root, sigterm: Sigterm | None, seconds_per_step: float, module: StepCounts | None = None, **trainer_kwargs
+) -> StepCounts:
+    module = module or StepCounts(seconds_per_step)
     last = RunFolder(root).last_checkpoint
     options = dict(max_steps=12, max_epochs=-1, val_check_interval=3, check_val_every_n_epoch=None, logger=False)
     options.update(trainer_kwargs)
@@ -318,3 +320,57 @@ def test_a_sigterm_state_resumes_with_the_step_count_and_validations_of_a_run_ne
     assert [(step, logged) for step, logged in counts if step != logged] == []
     if same_validations:  # each one once, whole (not with a time interval: that depends on the clock)
         assert validated == reference.validated
+
+
+class SlowValidation(StepCounts):
+    """:class:`StepCounts` with 4 validation batches, each taking ``seconds`` on ``clock`` (a fake monotonic clock)."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def validation_step(self, batch, batch_idx):
+        self.clock[0] += self.seconds
+        return super().validation_step(batch, batch_idx)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+@pytest.mark.parametrize(
+    ("wait", "stopped_after_batches", "validated"),
+    [(5.0, 4, [3, 6]), (4.0, 3, [3]), (0.0, 1, [3])],
+    ids=["the-validation-ends-in-time", "it-does-not", "no-wait"],
+)
+def test_a_sigterm_waits_for_the_validation_at_most_sigterm_wait_seconds(
+    tmp_path, monkeypatch, wait, stopped_after_batches, validated
+):
+    """Validation batches of 2 s (a fake clock), a SIGTERM noticed after the first of step 6's four: with 5 s to
+    wait the validation ends (its last batch comes 6 s after, and Lightning does not stop a validation at its last
+    batch); with 4 s it stops after the third (4 s after), with 0 s after the first, as Lightning alone would. The
+    stopped run still resumes to its end."""
+    clock = [0.0]
+    monkeypatch.setattr("lightning_seg.callbacks.checkpoint.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    seen = []
+    sigterm = Sigterm("validation_batch_end", lambda t, i: t.global_step == 6 and i == 0)
+    sigterm.on_validation_batch_start = lambda trainer, *args: seen.append(trainer.global_step)
+    module = SlowValidation(clock, seconds=2.0)
+    checkpoint = RunCheckpoint(monitor="val/x", every_minutes=1e6, sigterm_wait_seconds=wait)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        callbacks=[checkpoint, sigterm],
+        max_steps=12,
+        val_check_interval=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(module)
+    assert seen.count(6) == stopped_after_batches
+    assert module.validated == validated
+    assert trainer.global_step == 6 and RunFolder(tmp_path).last_checkpoint.is_file()
+    resumed = fit_counting(tmp_path, None, 0.0, module=SlowValidation(clock, seconds=2.0))
+    assert resumed.counts[-1][0] == 11 and resumed.validated[-1] == 12

@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -208,6 +209,38 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
         output.write_text("| date | other |\n|---|---|\n")
         subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
     assert "its last table has other columns" in refused.value.stderr
+
+
+def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path, require_data):
+    """A real fit of 8 steps in blocks of 2: each profiler runs 4 steps, in turns, and the row gives their ratios."""
+    output = tmp_path / "profiler.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "profiler.py"), "--datasets", "chase", "--block", "2"]
+    command += ["--max-steps", "8", "--val-check-interval", "4", "--data-dir", str(require_data)]
+    command += ["--set", "data.init_args.num_workers=0", "--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, rule, row = output.read_text().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == len(rule.strip("|").split("|"))
+    assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and cells[2:4] == ["chase (0.25)", "4"]
+    for times, ratio in ((cells[4], cells[5]), (cells[6], cells[7])):
+        lightning, null = map(float, times.split(" / "))
+        assert float(ratio) == pytest.approx(lightning / null, abs=0.002 + 0.001 * lightning / null)
+    refused = subprocess.run([*command[:2], "--block", "0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--block must be ≥ 1, got 0" in refused.stderr
+
+
+def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_path):
+    profiler = load_benchmark("profiler")
+    callback = profiler.AlternatingProfiler(str(tmp_path / "clock.json"), block=3)
+    trainer = SimpleNamespace(global_step=0, profiler=None)
+    kinds = []
+    for step in range(9):
+        trainer.global_step = step
+        callback.on_train_batch_start(trainer, None, None, step)
+        kinds.append(type(trainer.profiler).__name__)
+    assert kinds == ["PassThroughProfiler"] * 3 + ["NullProfiler"] * 3 + ["PassThroughProfiler"] * 3
+    assert callback.labels == [0, 0, 0, 1, 1, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,11 @@ Lightning wraps every hook it calls (about 20 per training step, plus 6 per call
 :class:`AlternatingProfiler`: it hands the trainer Lightning's ``PassThroughProfiler`` and the ``NullProfiler`` by
 turns, every ``--block`` steps, and records each step's CPU time (main thread) with the profiler it ran under.
 Both profilers share the same run, batches and minutes of the machine, so whatever else the machine does falls
-on both alike. Reported: the lower decile and the mean step of each, and their ratios.
+on both alike. Reported: the lower decile and the mean step of each, their ratios, and the paired ratio
+(:func:`paired_ratio`): over each block of Lightning's profiler and the block of the ``NullProfiler`` after it, the
+ratio of their median steps, its median and quartiles over all pairs. The step times of this project's CPU
+spread so widely from minute to minute that the whole-run ratios move by a few percent from one run to the next;
+the paired ratio compares steps a few ms apart.
 
 Example::
 
@@ -20,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,8 +44,9 @@ from lightning_seg.profilers import NullProfiler  # noqa: E402
 PROFILERS = {"Lightning's PassThroughProfiler": PassThroughProfiler, "NullProfiler": NullProfiler}
 HEADER = (
     "| date | machine | dataset (fraction) | steps each | step CPU ms, lower decile: PassThroughProfiler / "
-    "NullProfiler | ratio | step CPU ms, mean: PassThroughProfiler / NullProfiler | ratio |\n"
-    "|---|---|---|---:|---:|---:|---:|---:|"
+    "NullProfiler | ratio | step CPU ms, mean: PassThroughProfiler / NullProfiler | ratio "
+    "| paired ratio, median (quartiles) | pairs |\n"
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -53,7 +59,7 @@ class AlternatingProfiler(StepClock):
         block: steps in a row under one profiler.
     """
 
-    def __init__(self, path: str, block: int = 25) -> None:
+    def __init__(self, path: str, block: int = 10) -> None:
         super().__init__(path)
         self.block = block
         self.profilers = [cls() for cls in PROFILERS.values()]
@@ -71,8 +77,24 @@ class AlternatingProfiler(StepClock):
         self.path.write_text(json.dumps({**record, "labels": self.labels}))
 
 
-def run(dataset: str, args: argparse.Namespace, root: Path) -> dict[str, list[float]]:
-    """One fit; the CPU seconds of its steps under each profiler."""
+def paired_ratio(labels: list[int], seconds: list[float]) -> list[float]:
+    """For each block (a run of steps under one profiler) of Lightning's profiler (label 0) followed by a block of
+    the ``NullProfiler`` (label 1), the ratio of their median step times."""
+    blocks: list[tuple[int, list[float]]] = []
+    for label, value in zip(labels, seconds, strict=True):
+        if blocks and blocks[-1][0] == label:
+            blocks[-1][1].append(value)
+        else:
+            blocks.append((label, [value]))
+    return [
+        statistics.median(first) / statistics.median(second)
+        for (a, first), (b, second) in zip(blocks, blocks[1:], strict=False)
+        if (a, b) == (0, 1)
+    ]
+
+
+def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[dict[str, list[float]], list[float]]:
+    """One fit; the CPU seconds of its steps under each profiler, and the paired ratios."""
     clock_file = root / "clock.json"
     callback = {
         "class_path": "profiler.AlternatingProfiler",
@@ -90,10 +112,18 @@ def run(dataset: str, args: argparse.Namespace, root: Path) -> dict[str, list[fl
     steps = {name: [] for name in PROFILERS}
     for which, seconds in zip(clock["labels"], clock["step_cpu"], strict=True):
         steps[list(PROFILERS)[which]].append(seconds)
-    return steps
+    return steps, paired_ratio(clock["labels"], clock["step_cpu"])
 
 
-def row(date: str, machine: str, dataset: str, steps: dict[str, list[float]]) -> str:
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartile (both the value itself for one value)."""
+    if len(values) == 1:
+        return values[0], values[0]
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
+
+
+def row(date: str, machine: str, dataset: str, steps: dict[str, list[float]], pairs: list[float]) -> str:
     lightning, null = steps.values()
     deciles = step_cpu_ms(lightning), step_cpu_ms(null)
     means = mean_ms(lightning), mean_ms(null)
@@ -106,6 +136,8 @@ def row(date: str, machine: str, dataset: str, steps: dict[str, list[float]]) ->
         f"{deciles[0] / deciles[1]:.3f}",
         f"{means[0]:.3f} / {means[1]:.3f}",
         f"{means[0] / means[1]:.3f}",
+        f"{statistics.median(pairs):.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(pairs))})",
+        f"{len(pairs)}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -124,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-check-interval", type=int, default=None, help="override trainer.val_check_interval")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra fit override")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the fit (default 1)")
-    parser.add_argument("--block", type=int, default=25, help="steps in a row under one profiler (default 25)")
+    parser.add_argument("--block", type=int, default=10, help="steps in a row under one profiler (default 10)")
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())
     args = parser.parse_args(argv)
@@ -137,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
-            rows.append(row(args.date, machine, dataset, run(dataset, args, Path(tmp) / dataset)))
+            rows.append(row(args.date, machine, dataset, *run(dataset, args, Path(tmp) / dataset)))
     report_table(HEADER, rows, args.output)
     return 0
 

@@ -16,9 +16,9 @@ class NullProfiler(PassThroughProfiler):
 
     Lightning wraps every hook it calls, once per callback, in ``trainer.profiler.profile(name)``; the default
     profiler's ``profile`` is a generator-based context manager, built afresh at each call. A training step calls
-    about 20 such hooks plus 6 per callback (62 with the CLI's 7 callbacks), at about 1.5 µs each on this
-    project's CPU: a cost of the order of a short step's time on the GPU's scale (benchmarks/README.md,
-    ``overhead.py``). Here ``profile`` returns one shared context that does nothing.
+    about 20 such hooks plus 6 per callback (62 with the CLI's 7 callbacks). Here ``profile`` returns one shared
+    context that does nothing: a training step of a few ms on this project's CPU is 2-2.5 % shorter, 0.1-0.18 ms
+    (``benchmarks/profiler.py``, benchmarks/README.md).
 
     The CLI gives it to the trainer when the config asks for no profiler (``trainer.profiler: null``); a
     profiler given in the config (``--trainer.profiler=simple``, ``advanced``, a class) is used as it is.

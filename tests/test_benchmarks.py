@@ -226,8 +226,20 @@ def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path
     for times, ratio in ((cells[4], cells[5]), (cells[6], cells[7])):
         lightning, null = map(float, times.split(" / "))
         assert float(ratio) == pytest.approx(lightning / null, abs=0.002 + 0.001 * lightning / null)
+    median, spread = cells[8].split(" (")
+    low, high = map(float, spread.rstrip(")").split(" – "))
+    assert low <= float(median) <= high and cells[9] == "2"  # blocks: 2 steps of each, twice
     refused = subprocess.run([*command[:2], "--block", "0"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--block must be ≥ 1, got 0" in refused.stderr
+
+
+def test_the_paired_ratio_compares_each_block_of_lightnings_profiler_with_the_next_one():
+    profiler = load_benchmark("profiler")
+    labels = [0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0]
+    seconds = [3.0, 9.0, 6.0, 2.0, 3.0, 4.0, 4.0, 8.0, 4.0, 2.0, 1.0]
+    # medians 6 / 3, then 6 / 3 again; the last block has no NullProfiler block after it
+    assert profiler.paired_ratio(labels, seconds) == [2.0, 2.0]
+    assert profiler.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == []
 
 
 def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_path):

@@ -45,7 +45,8 @@ to the end of ``optimizer.step()``, timed as the Lightning step is.
 
 Bare Lightning (``--worker bare``) trains the same model, data and loss with a minimal LightningModule (the
 loss in ``training_step``, Adam 1e-3) in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar
-or validation, in the same ``deterministic`` mode, timed by :class:`StepClock` as the real run is.
+or validation, in the same ``deterministic`` mode and with the real run's profiler (the CLI's
+:class:`~lightning_seg.profilers.NullProfiler`), timed by :class:`StepClock` as the real run is.
 
 Runs alternate (Lightning, bare Lightning, plain) per dataset, ``--repeats`` times; each figure is the median
 over repeats.
@@ -422,6 +423,8 @@ class _BareModule(L.LightningModule):
 def bare_worker(args: argparse.Namespace) -> None:
     """The same model, data and loss in a bare Lightning fit (no callbacks, loggers, checkpoints, progress bar
     or validation): Lightning's own cost per step; prints one JSON line."""
+    from lightning_seg.profilers import NullProfiler
+
     model, loss, loader, deterministic = build_parts(args)
     clock = StepClock(str(Path(args.root) / "bare-clock.json"))
     trainer = L.Trainer(
@@ -435,6 +438,7 @@ def bare_worker(args: argparse.Namespace) -> None:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         callbacks=[clock],
+        profiler=NullProfiler(),
     )
     trainer.fit(_BareModule(model, loss), train_dataloaders=loader)
     durations = [end - start for start, end, _ in clock.steps]

@@ -355,7 +355,8 @@ class SegmentationCLI(LightningCLI):
             if _is_a(callback, Checkpoint):
                 raise ConfigError(
                     f"--trainer.callbacks: {callback.class_path} is a checkpoint callback; checkpoints are configured "
-                    "under `checkpoint:` (monitor, mode, every_minutes, keep_last): remove it from trainer.callbacks"
+                    f"under `checkpoint:` ({', '.join(inspect.signature(RunCheckpoint).parameters)}): remove it from "
+                    "trainer.callbacks"
                 )
 
     def before_instantiate_classes(self) -> None:

@@ -16,9 +16,9 @@ class NullProfiler(PassThroughProfiler):
 
     Lightning wraps every hook it calls, once per callback, in ``trainer.profiler.profile(name)``; the default
     profiler's ``profile`` is a generator-based context manager, built afresh at each call. A training step calls
-    about 20 such hooks plus 6 per callback (62 with the CLI's 7 callbacks). Here ``profile`` returns one shared
-    context that does nothing: a training step of a few ms on this project's CPU is 2-2.5 % shorter, 0.1-0.18 ms
-    (``benchmarks/profiler.py``, benchmarks/README.md).
+    13 such hooks plus 6 per callback (55 with the CLI's 7 callbacks; counted with ``--trainer.profiler=simple``).
+    Here ``profile`` returns one shared context that does nothing: what that saves per step is measured by
+    ``benchmarks/profiler.py`` (benchmarks/README.md).
 
     The CLI gives it to the trainer when the config asks for no profiler (``trainer.profiler: null``); a
     profiler given in the config (``--trainer.profiler=simple``, ``advanced``, a class) is used as it is.

@@ -222,24 +222,27 @@ def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path
     header, rule, row = output.read_text().splitlines()
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|")) == len(rule.strip("|").split("|"))
-    assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and cells[2:4] == ["chase (0.25)", "4"]
-    for times, ratio in ((cells[4], cells[5]), (cells[6], cells[7])):
+    assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and cells[2] == "chase (0.25)"
+    assert cells[3:5] == ["PassThroughProfiler / NullProfiler", "4"]
+    for times, ratio in ((cells[5], cells[6]), (cells[7], cells[8])):
         lightning, null = map(float, times.split(" / "))
         assert float(ratio) == pytest.approx(lightning / null, abs=0.002 + 0.001 * lightning / null)
-    median, spread = cells[8].split(" (")
+    median, spread = cells[9].split(" (")
     low, high = map(float, spread.rstrip(")").split(" – "))
-    assert low <= float(median) <= high and cells[9] == "2"  # blocks: 2 steps of each, twice
-    refused = subprocess.run([*command[:2], "--block", "0"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "--block must be ≥ 1, got 0" in refused.stderr
+    assert low <= float(median) <= high and cells[10] == "3"  # 4 blocks of 2 steps, by turns: 3 neighbours
+    for bad, message in [(["--block", "0"], "--block must be ≥ 1, got 0"), (["--max-steps", "7"], "got 7")]:
+        refused = subprocess.run([*command[:2], *bad], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and message in refused.stderr
 
 
-def test_the_paired_ratio_compares_each_block_of_lightnings_profiler_with_the_next_one():
+def test_the_paired_ratio_compares_every_two_neighbouring_blocks():
     profiler = load_benchmark("profiler")
     labels = [0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0]
     seconds = [3.0, 9.0, 6.0, 2.0, 3.0, 4.0, 4.0, 8.0, 4.0, 2.0, 1.0]
-    # medians 6 / 3, then 6 / 3 again; the last block has no NullProfiler block after it
-    assert profiler.paired_ratio(labels, seconds) == [2.0, 2.0]
-    assert profiler.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == []
+    # block medians 6, 3, 6, 3, 1: each neighbour pair as first turn / second turn, in either order
+    assert profiler.paired_ratio(labels, seconds) == [2.0, 2.0, 2.0, 1 / 3]
+    assert profiler.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == [2.0]
+    assert profiler.paired_ratio([0, 0], [1.0, 1.0]) == []
 
 
 def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_path):
@@ -253,6 +256,9 @@ def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_pat
         kinds.append(type(trainer.profiler).__name__)
     assert kinds == ["PassThroughProfiler"] * 3 + ["NullProfiler"] * 3 + ["PassThroughProfiler"] * 3
     assert callback.labels == [0, 0, 0, 1, 1, 1, 0, 0, 0]
+    control = profiler.AlternatingProfiler(str(tmp_path / "control.json"), block=1, control=True)
+    assert [type(p).__name__ for p in control.profilers] == ["PassThroughProfiler"] * 2
+    assert control.profilers[0] is not control.profilers[1]
 
 
 @pytest.mark.parametrize(

@@ -175,9 +175,12 @@ class RunCheckpoint(Checkpoint):
         every_minutes: least time between two writes of ``last.ckpt`` (at epoch ends); 0 for every epoch end.
         keep_last: keep ``last.ckpt`` when the run has finished (to train on from it later).
         sigterm_wait_seconds: longest a ``SIGTERM`` that arrives during a validation waits for its end (so that
-            the run resumes exactly); past it the run stops after the validation batch in hand, in a state whose
-            resume is not exact (README, "Resume"). Leave time under the scheduler's grace period before its
-            ``SIGKILL`` for the rest of the validation and the write of ``last.ckpt``; 0 stops at once.
+            the run resumes exactly), counted from the end of the validation batch in which it is noticed; once
+            it has waited that long the run stops after the validation batch in hand (unless that is the last
+            one), in a state whose resume is not exact (README, "Resume"). Leave time under the scheduler's grace
+            period before its ``SIGKILL`` for the wait, up to two validation batches more and the write of
+            ``last.ckpt``; 0 stops after the batch in hand, as Lightning alone does. A bounded wait also bounds
+            how long a grid's run outlives its grid (:mod:`lightning_seg.grid.parent`).
 
     Raises:
         ValueError: ``mode`` is not ``"max"``/``"min"``, or ``every_minutes`` or ``sigterm_wait_seconds`` is
@@ -273,8 +276,8 @@ class RunCheckpoint(Checkpoint):
         """A ``SIGTERM`` during a validation waits for its end: Lightning would stop after this batch, in a state
         whose restart did not give the logs of a run never stopped (``tests/test_cli.py``). Held back, the stop
         comes after the validation, between two steps (one process: under several, the processes agree on a stop
-        by Lightning's own exchange, left alone), unless the validation goes on for more than
-        ``sigterm_wait_seconds`` after it: then Lightning stops after this batch."""
+        by Lightning's own exchange, left alone), unless it has waited ``sigterm_wait_seconds`` or more at the end
+        of a batch: then Lightning stops after this batch (at the last batch, after the validation anyway)."""
         if not (self._fitting(trainer) and trainer.world_size == 1):
             return
         if trainer.received_sigterm and self._held_since is None:

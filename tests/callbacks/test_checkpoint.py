@@ -340,16 +340,17 @@ class SlowValidation(StepCounts):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
 @pytest.mark.parametrize(
     ("wait", "stopped_after_batches", "validated"),
-    [(5.0, 4, [3, 6]), (4.0, 3, [3]), (0.0, 1, [3])],
-    ids=["the-validation-ends-in-time", "it-does-not", "no-wait"],
+    [(7.0, 4, [3, 6]), (5.0, 4, [3, 6]), (4.0, 3, [3]), (0.0, 1, [3])],
+    ids=["the-validation-ends-in-time", "the-wait-ends-at-the-last-batch", "it-does-not", "no-wait"],
 )
 def test_a_sigterm_waits_for_the_validation_at_most_sigterm_wait_seconds(
     tmp_path, monkeypatch, wait, stopped_after_batches, validated
 ):
-    """Validation batches of 2 s (a fake clock), a SIGTERM noticed after the first of step 6's four: with 5 s to
-    wait the validation ends (its last batch comes 6 s after, and Lightning does not stop a validation at its last
-    batch); with 4 s it stops after the third (4 s after), with 0 s after the first, as Lightning alone would. The
-    stopped run still resumes to its end."""
+    """Validation batches of 2 s (a fake clock), a SIGTERM noticed after the first of step 6's four: with 7 s to
+    wait the validation ends within them (its last batch ends 6 s after) and the held SIGTERM is given back at its
+    end; with 5 s the wait runs out at the last batch, after which Lightning stops anyway; with 4 s it stops after
+    the third batch (4 s after), with 0 s after the first, as Lightning alone would. Either way the run stops after
+    step 6 and resumes to its end."""
     clock = [0.0]
     monkeypatch.setattr("lightning_seg.callbacks.checkpoint.time", SimpleNamespace(monotonic=lambda: clock[0]))
     seen = []

@@ -230,9 +230,6 @@ def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path
     median, spread = cells[9].split(" (")
     low, high = map(float, spread.rstrip(")").split(" – "))
     assert low <= float(median) <= high and cells[10] == "3"  # 4 blocks of 2 steps, by turns: 3 neighbours
-    for bad, message in [(["--block", "0"], "--block must be ≥ 1, got 0"), (["--max-steps", "7"], "got 7")]:
-        refused = subprocess.run([*command[:2], *bad], capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2 and message in refused.stderr
 
 
 def test_the_paired_ratio_compares_every_two_neighbouring_blocks():
@@ -243,6 +240,20 @@ def test_the_paired_ratio_compares_every_two_neighbouring_blocks():
     assert profiler.paired_ratio(labels, seconds) == [2.0, 2.0, 2.0, 1 / 3]
     assert profiler.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == [2.0]
     assert profiler.paired_ratio([0, 0], [1.0, 1.0]) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--block", "0"], "--block must be ≥ 1, got 0"),
+        (["--max-steps", "7"], "--max-steps must exceed --block (7) for both turns to run, got 7"),
+    ],
+)
+def test_the_profiler_benchmark_refuses_bad_arguments_before_any_fit(capsys, bad, message):
+    profiler = load_benchmark("profiler")
+    with pytest.raises(SystemExit) as refused:
+        profiler.main(["--datasets", "chase", *bad])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_path):

@@ -478,8 +478,8 @@ def median_record(records: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in records) for k in records[0]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that :func:`fit_args` and :func:`child_env` read: which fit, at which scale (also ``profiler.py``'s)."""
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data")
@@ -496,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra fit override (repeatable)"
     )
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fit_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
-from overhead import DATASETS, REPO, StepClock, child_env, fit_args, mean_ms, step_cpu_ms  # noqa: E402
+from overhead import DATASETS, REPO, StepClock, add_fit_arguments, child_env, fit_args, mean_ms, step_cpu_ms  # noqa: E402
 
 from lightning_seg.profilers import NullProfiler  # noqa: E402
 
@@ -159,18 +158,7 @@ def row(date: str, machine: str, turns: str, dataset: str, steps: tuple[list[flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data")
-    )
-    parser.add_argument("--scale", type=int, default=8, help="divide every image side by this (default 8)")
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--model-kwargs", type=json.loads, default={"channels": 8})
-    parser.add_argument("--loss", default="caml")
-    parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps")
-    parser.add_argument("--val-check-interval", type=int, default=None, help="override trainer.val_check_interval")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra fit override")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the fit (default 1)")
+    add_fit_arguments(parser)
     parser.add_argument("--block", type=int, default=7, help="steps in a row under one profiler (default 7)")
     parser.add_argument("--control", action="store_true", help="both turns with Lightning's profiler (an A/A run)")
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")

@@ -443,18 +443,29 @@ class RunIdentity:
         return {**self.keys.as_dict(), "fingerprint": self.fingerprint, "cell": self.cell}
 
 
-def _code_version() -> dict:
+def code_version(path: str | Path | None = None) -> dict:
+    """The code that runs: this package's version, and the git commit of the checkout holding ``path`` (default:
+    this package) with whether its tracked files differ from that commit (``modified``; untracked files are left
+    out). ``commit`` and ``modified`` are ``None`` outside a git checkout or without git.
+
+    Example:
+        >>> sorted(code_version())
+        ['commit', 'lightning_seg', 'modified']
+    """
     from . import __version__
 
-    commit = None
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        commit = done.stdout.strip() or None if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"lightning_seg": __version__, "commit": commit}
+    folder = str(path or Path(__file__).parent)
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"lightning_seg": __version__, "commit": commit, "modified": None if status is None else bool(status)}
 
 
 # -------------------------------------------------------------------------------------------------- folder
@@ -548,7 +559,7 @@ class RunFolder:
 
     def start(self, identity: RunIdentity) -> None:
         """Record ``identity`` (first time) and the status ``training``."""
-        record = self.read(Records.RUN) or {**identity.record(), "created": _now(), "code": _code_version()}
+        record = self.read(Records.RUN) or {**identity.record(), "created": _now(), "code": code_version()}
         self.write(Records.RUN, {**record, "status": "training", "reason": None, "updated": _now()})
 
     def set_status(self, status: str, **fields: Any) -> None:

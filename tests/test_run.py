@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from lightning_seg.run import (
     RunFolderError,
     RunIdentity,
     RunKeys,
+    code_version,
     find_run_folders,
     loss_label,
     model_label,
@@ -201,3 +203,21 @@ def test_run_folders_are_found_by_their_run_json(tmp_path):
         RunFolder(tmp_path / name).start(identity())
     (tmp_path / "z").mkdir()
     assert [f.path for f in find_run_folders(tmp_path)] == [tmp_path / "x/a", tmp_path / "y/b/c"]
+
+
+def test_code_version_names_the_commit_and_whether_tracked_files_differ_from_it(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    assert code_version(tmp_path) | {"lightning_seg": None} == {"lightning_seg": None, "commit": None, "modified": None}
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    head = git("rev-parse", "HEAD").strip()
+    assert code_version(tmp_path)["commit"] == head and len(head) == 40
+    assert code_version(tmp_path)["modified"] is False
+    (tmp_path / "b.py").write_text("")  # untracked: not the code of the commit, but not a change of it either
+    assert code_version(tmp_path)["modified"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == {**code_version(), "commit": head, "modified": True}

@@ -50,7 +50,10 @@ or validation, in the same ``deterministic`` mode and with the real run's profil
 
 Runs alternate (Lightning, bare Lightning, plain) per dataset, ``--repeats`` times; each figure is the median
 over repeats.
-Results are printed as Markdown and, with ``--output FILE``, appended to a file.
+Results are printed as Markdown (a row names the machine, and the model with the divisor of the image sides) and,
+with ``--output FILE``, appended to a file; ``--records FILE`` appends one JSON line per dataset with every
+repeat's figures, the command and the code (commit, and whether tracked files differed from it), which
+``overhead_plot.py`` draws.
 
 Examples::
 
@@ -65,7 +68,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -75,9 +77,11 @@ from pathlib import Path
 
 import lightning as L
 
+from lightning_seg.run import code_version
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
 
-from models import check_table_file, report_table  # noqa: E402
+from models import check_table_file, device_name, report_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -93,12 +97,12 @@ DATASETS = {
 #: where the child processes find :class:`StepClock` (this file, imported as ``overhead``)
 CLOCK = "overhead.StepClock"
 HEADER = (
-    "| date | dataset (fraction) | steps | validations | step CPU ms, lower decile: Lightning / bare Lightning / plain "
+    "| date | machine | dataset (fraction) | model, image sides | steps | validations | step CPU ms, lower decile: Lightning / bare Lightning / plain "
     "| module overhead | of which bare Lightning | step CPU ms, mean: Lightning / bare Lightning / plain "
     "| module overhead, means | outside steps | validation "
     "| checkpoint | epoch ends | between steps | bare Lightning: outside steps | plain loop: outside steps "
     "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -452,22 +456,44 @@ def bare_worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------- report
 
 
-def row(date: str, dataset: str, lightning: dict, bare: dict, plain: dict) -> str:
-    fraction, train = DATASETS[dataset][0], lightning["train"]
+def shares(lightning: dict, bare: dict, plain: dict) -> dict:
+    """The comparisons a row makes, as fractions: ``module`` and ``module_mean`` (the Lightning run's step over the
+    plain loop's, lower decile and mean, minus 1), ``bare`` (bare Lightning's decile over the plain loop's, minus 1),
+    and the shares of training wall time outside steps: ``outside``, ``bare_outside``, ``plain_outside``."""
+    return {
+        "module": lightning["step_cpu_ms"] / plain["step_cpu_ms"] - 1,
+        "bare": bare["step_cpu_ms"] / plain["step_cpu_ms"] - 1,
+        "module_mean": lightning["step_cpu_mean_ms"] / plain["step_cpu_mean_ms"] - 1,
+        "outside": lightning["outside_train"],
+        "bare_outside": bare["outside_train"],
+        "plain_outside": 1 - plain["step_mean_ms"] / plain["wall_per_step_ms"],
+    }
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """The model with its arguments and the image scale, as a row names them: ``tiny(channels=8), ÷8``."""
+    kwargs = ", ".join(f"{k}={v}" for k, v in args.model_kwargs.items())
+    return f"{args.model}({kwargs}), ÷{args.scale}"
+
+
+def row(date: str, machine: str, model: str, dataset: str, lightning: dict, bare: dict, plain: dict) -> str:
+    fraction, train, share = DATASETS[dataset][0], lightning["train"], shares(lightning, bare, plain)
     cells = [
         date,
+        machine,
         f"{dataset} ({fraction:g})",
+        model,
         f"{lightning['steps']:.0f}",
         f"{lightning['validations']:.0f}",
         f"{lightning['step_cpu_ms']:.2f} / {bare['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
-        f"{lightning['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
-        f"{bare['step_cpu_ms'] / plain['step_cpu_ms'] - 1:+.0%}",
+        f"{share['module']:+.0%}",
+        f"{share['bare']:+.0%}",
         f"{lightning['step_cpu_mean_ms']:.2f} / {bare['step_cpu_mean_ms']:.2f} / {plain['step_cpu_mean_ms']:.2f}",
-        f"{lightning['step_cpu_mean_ms'] / plain['step_cpu_mean_ms'] - 1:+.0%}",
-        f"{lightning['outside_train']:.1%}",
+        f"{share['module_mean']:+.0%}",
+        f"{share['outside']:.1%}",
         *(f"{lightning[k] / train:.1%}" for k in ("validation", "checkpoint", "epoch_ends", "between")),
-        f"{bare['outside_train']:.1%}",
-        f"{1 - plain['step_mean_ms'] / plain['wall_per_step_ms']:.1%}",
+        f"{share['bare_outside']:.1%}",
+        f"{share['plain_outside']:.1%}",
         f"{lightning['outside_cpu']:.1%}",
         *(f"{lightning[k]:.1f}" for k in ("train", "startup", "test_and_exit", "wall")),
     ]
@@ -503,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     add_fit_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
+    parser.add_argument(
+        "--records", type=Path, default=None, help="append one JSON line per dataset (every repeat) to this file"
+    )
     parser.add_argument("--date", default=dt.date.today().isoformat())
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary one)")
     parser.add_argument("--worker", choices=list(WORKERS), default=None, help=argparse.SUPPRESS)
@@ -515,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is not None:
         check_table_file(args.output, HEADER)  # before minutes of runs, not after them
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)  # the runs', for the machine's name
+    machine, model, code = device_name(torch.device("cpu")), model_label(args), code_version(REPO)
+    print(machine, model, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
@@ -528,7 +561,13 @@ def main(argv: list[str] | None = None) -> int:
                 plain.append(run_baseline("plain", dataset, args, base / dataset / f"plain{repeat}", steps))
                 record = {**lightning[-1], "bare": bare[-1], "plain": plain[-1]}
                 print(f"{dataset} repeat {repeat}: {json.dumps(record)}", file=sys.stderr)
-            rows.append(row(args.date, dataset, *(median_record(r) for r in (lightning, bare, plain))))
+            rows.append(row(args.date, machine, model, dataset, *(median_record(r) for r in (lightning, bare, plain))))
+            if args.records is not None:
+                record = {"date": args.date, "machine": machine, "model": model, "dataset": dataset}
+                record |= {"fraction": DATASETS[dataset][0], "code": code, "command": sys.argv}
+                record |= {"lightning": lightning, "bare": bare, "plain": plain}
+                with args.records.open("a") as f:  # per dataset: a later failure keeps what ran
+                    f.write(json.dumps(record) + "\n")
     report_table(HEADER, rows, args.output)
     return 0
 

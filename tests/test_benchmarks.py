@@ -1,6 +1,7 @@
 """The benchmark scripts under benchmarks/: they run end to end in CPU smoke mode (nothing is timed here)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -188,23 +189,37 @@ def test_checkpoint_cost_cpu_smoke(tmp_path):
 
 def test_overhead_cpu_smoke(tmp_path, require_data):
     """The overhead benchmark runs end to end on the smallest real fraction: a real fit, bare Lightning, plain."""
-    output = tmp_path / "overhead.md"
+    output, records = tmp_path / "overhead.md", tmp_path / "overhead.jsonl"
     command = [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--datasets", "chase", "--repeats", "1"]
     command += ["--max-steps", "4", "--val-check-interval", "2", "--data-dir", str(require_data)]
     command += ["--set", "data.init_args.num_workers=0", "--output", str(output), "--date", "2000-01-01"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [*command, "--records", str(records)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     header, rule, row = output.read_text().splitlines()
     assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:4] == ["2000-01-01", "chase (0.25)", "4", "2"]
-    lightning, bare, plain = map(float, cells[4].split(" / "))
+    assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and "1 thread)" in cells[1]
+    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", "4", "2"]
+    lightning, bare, plain = map(float, cells[6].split(" / "))
     assert min(lightning, bare, plain) > 0
     # the overheads are the ratios of the rounded step times shown, to their rounding
-    assert float(cells[5].rstrip("%")) == pytest.approx(100 * (lightning / plain - 1), abs=1.5)
-    assert float(cells[6].rstrip("%")) == pytest.approx(100 * (bare / plain - 1), abs=1.5)
-    means = list(map(float, cells[7].split(" / ")))
-    assert min(means) > 0 and float(cells[8].rstrip("%")) == pytest.approx(100 * (means[0] / means[2] - 1), abs=1.5)
+    assert float(cells[7].rstrip("%")) == pytest.approx(100 * (lightning / plain - 1), abs=1.5)
+    assert float(cells[8].rstrip("%")) == pytest.approx(100 * (bare / plain - 1), abs=1.5)
+    means = list(map(float, cells[9].split(" / ")))
+    assert min(means) > 0 and float(cells[10].rstrip("%")) == pytest.approx(100 * (means[0] / means[2] - 1), abs=1.5)
+    # the record holds the repeat the row was made of, and names what produced it
+    (record,) = map(json.loads, records.read_text().splitlines())
+    assert (record["dataset"], record["machine"], record["model"]) == ("chase", cells[1], cells[3])
+    assert record["command"][1:] == [*command[2:], "--records", str(records)]
+    assert (
+        record["code"]["commit"]
+        == subprocess.check_output(["git", "-C", str(REPO), "rev-parse", "HEAD"], text=True).strip()
+    )
+    runs = [record[k] for k in ("lightning", "bare", "plain")]
+    assert all(len(r) == 1 for r in runs)
+    assert [f"{r[0]['step_cpu_ms']:.2f}" for r in runs] == cells[6].split(" / ")
     with pytest.raises(subprocess.CalledProcessError) as refused:  # the same file, other columns: refused at once
         output.write_text("| date | other |\n|---|---|\n")
         subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)

@@ -343,3 +343,57 @@ def test_augmentation_cpu_smoke(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad:
         augmentation.main(["--items", "0"])
     assert bad.value.code == 2 and "--repeats and --items must be ≥ 1" in capsys.readouterr().err
+
+
+def overhead_record(dataset: str, plain_ms: list[float], lightning_ms: list[float]) -> dict:
+    """A record as ``overhead.py --records`` writes it: repeats with the figures the plot reads."""
+    runs = {
+        "lightning": [{"step_cpu_ms": ms, "step_cpu_mean_ms": 2 * ms, "outside_train": 0.2} for ms in lightning_ms],
+        "bare": [{"step_cpu_ms": ms, "step_cpu_mean_ms": ms, "outside_train": 0.1} for ms in plain_ms],
+        "plain": [
+            {"step_cpu_ms": ms, "step_cpu_mean_ms": ms, "step_mean_ms": 9.0, "wall_per_step_ms": 10.0}
+            for ms in plain_ms
+        ],
+    }
+    code = {"lightning_seg": "0", "commit": "a" * 40, "modified": False}
+    return {"dataset": dataset, "machine": "CPU x", "model": "tiny(channels=8), ÷8", "code": code, **runs}
+
+
+def test_overhead_plot_reads_the_medians_of_the_repeats_and_draws_them(tmp_path):
+    plot = load_benchmark("overhead_plot")
+    records = tmp_path / "overhead.jsonl"
+    lines = [overhead_record("chase", [2.0, 4.0, 3.0], [3.0, 6.0, 4.5]), overhead_record("covid19", [10.0], [11.0])]
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n")  # a blank line is skipped
+    chase, covid = plot.read_records(records)
+    # medians over repeats: plain 3.0, Lightning 4.5, Lightning's mean step 9.0 against the plain mean 3.0
+    assert (
+        chase["step_ms"] == 3.0 and chase["module"] == pytest.approx(0.5) and chase["module_mean"] == pytest.approx(2.0)
+    )
+    assert chase["bare"] == 0 and (chase["outside"], chase["bare_outside"]) == (0.2, 0.1)
+    assert chase["plain_outside"] == pytest.approx(0.1)  # 1 - 9 ms of steps / 10 ms of wall per step
+    assert covid["step_ms"] == 10.0 and covid["module"] == pytest.approx(0.1)
+    png = plot.plot([chase, covid], tmp_path / "figures" / "overhead.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "overhead.jsonl: no such file; give the file that overhead.py --records wrote"),
+        ("\n", "overhead.jsonl: no records in it"),
+        ("{not json\n", "overhead.jsonl:1: not a record of overhead.py --records (JSONDecodeError"),
+        ('{"dataset": "chase"}\n', "overhead.jsonl:1: not a record of overhead.py --records (KeyError: 'lightning')"),
+        ("RECORD\n[]\n", "overhead.jsonl:2: not a record of overhead.py --records (TypeError"),
+    ],
+)
+def test_overhead_plot_refuses_what_is_not_a_records_file_in_one_line(tmp_path, capsys, content, message):
+    plot = load_benchmark("overhead_plot")
+    records = tmp_path / "overhead.jsonl"
+    if content is not None:
+        records.write_text(content.replace("RECORD", json.dumps(overhead_record("chase", [1.0], [1.0]))))
+    with pytest.raises(SystemExit) as exit:
+        plot.main([str(records), "--output", str(tmp_path / "x.png")])
+    assert exit.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"overhead_plot.py: error: {records.parent}/") and message in line
+    assert not (tmp_path / "x.png").exists()

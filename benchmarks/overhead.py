@@ -456,10 +456,15 @@ def bare_worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------- report
 
 
+#: the overhead issue's targets, for :func:`shares`' ``module`` (per step) and ``outside`` (share of training time)
+TARGETS = {"module": 0.15, "outside": 0.10}
+
+
 def shares(lightning: dict, bare: dict, plain: dict) -> dict:
     """The comparisons a row makes, as fractions: ``module`` and ``module_mean`` (the Lightning run's step over the
     plain loop's, lower decile and mean, minus 1), ``bare`` (bare Lightning's decile over the plain loop's, minus 1),
-    and the shares of training wall time outside steps: ``outside``, ``bare_outside``, ``plain_outside``."""
+    and the shares of training wall time outside steps: ``outside``, ``bare_outside`` (each a run's own share) and
+    ``plain_outside`` (1 minus the plain loop's step over its wall time per step)."""
     return {
         "module": lightning["step_cpu_ms"] / plain["step_cpu_ms"] - 1,
         "bare": bare["step_cpu_ms"] / plain["step_cpu_ms"] - 1,
@@ -470,7 +475,7 @@ def shares(lightning: dict, bare: dict, plain: dict) -> dict:
     }
 
 
-def model_label(args: argparse.Namespace) -> str:
+def size_label(args: argparse.Namespace) -> str:
     """The model with its arguments and the image scale, as a row names them: ``tiny(channels=8), ÷8``."""
     kwargs = ", ".join(f"{k}={v}" for k, v in args.model_kwargs.items())
     return f"{args.model}({kwargs}), ÷{args.scale}"
@@ -524,7 +529,8 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also how ``overhead_plot.py`` reads a record's command back)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fit_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
@@ -537,6 +543,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=list(WORKERS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--root", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def check_records_file(path: Path, output: Path | None) -> None:
+    """Refuse, before minutes of runs, a ``--records`` file that could not take this run's records.
+
+    Raises:
+        SystemExit: its folder does not exist, it is the ``--output`` file, or it holds a line that is not a JSON
+            object (another file given by mistake).
+    """
+    if not path.parent.is_dir():
+        raise SystemExit(f"--records {path}: no folder {path.parent}; create it or give another path")
+    if output is not None and path.resolve() == output.resolve():
+        raise SystemExit(f"--records {path}: the --output file; give the JSON lines a file of their own")
+    if path.is_file():
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            lines = [None]
+        if not all(isinstance(line, dict) for line in lines):
+            raise SystemExit(f"--records {path}: holds lines that are not JSON objects; give a file of records")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.worker:
         Path(args.root).mkdir(parents=True, exist_ok=True)
@@ -544,10 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is not None:
         check_table_file(args.output, HEADER)  # before minutes of runs, not after them
+    if args.records is not None:
+        check_records_file(args.records, args.output)
     import torch
 
     torch.set_num_threads(args.threads)  # the runs', for the machine's name
-    machine, model, code = device_name(torch.device("cpu")), model_label(args), code_version(REPO)
+    machine, model, code = device_name(torch.device("cpu")), size_label(args), code_version(REPO)
+    command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     print(machine, model, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -561,13 +595,13 @@ def main(argv: list[str] | None = None) -> int:
                 plain.append(run_baseline("plain", dataset, args, base / dataset / f"plain{repeat}", steps))
                 record = {**lightning[-1], "bare": bare[-1], "plain": plain[-1]}
                 print(f"{dataset} repeat {repeat}: {json.dumps(record)}", file=sys.stderr)
-            rows.append(row(args.date, machine, model, dataset, *(median_record(r) for r in (lightning, bare, plain))))
-            if args.records is not None:
+            if args.records is not None:  # per dataset, first: a later failure keeps what ran
                 record = {"date": args.date, "machine": machine, "model": model, "dataset": dataset}
-                record |= {"fraction": DATASETS[dataset][0], "code": code, "command": sys.argv}
+                record |= {"fraction": DATASETS[dataset][0], "code": code, "command": command}
                 record |= {"lightning": lightning, "bare": bare, "plain": plain}
-                with args.records.open("a") as f:  # per dataset: a later failure keeps what ran
+                with args.records.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+            rows.append(row(args.date, machine, model, dataset, *(median_record(r) for r in (lightning, bare, plain))))
     report_table(HEADER, rows, args.output)
     return 0
 

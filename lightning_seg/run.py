@@ -446,7 +446,9 @@ class RunIdentity:
 def code_version(path: str | Path | None = None) -> dict:
     """The code that runs: this package's version, and the git commit of the checkout holding ``path`` (default:
     this package) with whether its tracked files differ from that commit (``modified``; untracked files are left
-    out). ``commit`` and ``modified`` are ``None`` outside a git checkout or without git.
+    out). ``commit`` and ``modified`` are ``None`` outside a git checkout or without git, ``modified`` alone when
+    ``git status`` fails or takes over 5 s. The status takes no lock (``--no-optional-locks``): runs that start
+    together, and the user's own git commands, never find the index locked by it.
 
     Example:
         >>> sorted(code_version())
@@ -458,7 +460,9 @@ def code_version(path: str | Path | None = None) -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=5)
+            done = subprocess.run(
+                ["git", "--no-optional-locks", "-C", folder, *args], capture_output=True, text=True, timeout=5
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None

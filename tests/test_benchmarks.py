@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -220,10 +221,30 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     runs = [record[k] for k in ("lightning", "bare", "plain")]
     assert all(len(r) == 1 for r in runs)
     assert [f"{r[0]['step_cpu_ms']:.2f}" for r in runs] == cells[6].split(" / ")
+    # the plot draws what the row shows
+    (point,) = load_benchmark("overhead_plot").read_records(records)
+    assert [f"{point[k]:+.0%}" for k in ("module", "bare", "module_mean")] == [cells[7], cells[8], cells[10]]
+    assert [f"{point[k]:.1%}" for k in ("outside", "bare_outside", "plain_outside")] == [cells[11], *cells[16:18]]
     with pytest.raises(subprocess.CalledProcessError) as refused:  # the same file, other columns: refused at once
         output.write_text("| date | other |\n|---|---|\n")
         subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
     assert "its last table has other columns" in refused.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("records", "output", "message"),
+    [
+        ("no-folder/r.jsonl", None, "--records {tmp}/no-folder/r.jsonl: no folder {tmp}/no-folder; create it or give"),
+        ("o.md", "o.md", "--records {tmp}/o.md: the --output file; give the JSON lines a file of their own"),
+        ("r.md", None, "--records {tmp}/r.md: holds lines that are not JSON objects; give a file of records"),
+    ],
+)
+def test_overhead_refuses_a_records_file_before_it_runs(tmp_path, records, output, message):
+    overhead = load_benchmark("overhead")
+    (tmp_path / "r.md").write_text("| date | machine |\n")
+    argv = ["--records", str(tmp_path / records), *(["--output", str(tmp_path / output)] if output else [])]
+    with pytest.raises(SystemExit, match=re.escape(message.format(tmp=tmp_path))):
+        overhead.main(argv)
 
 
 def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path, require_data):
@@ -345,7 +366,7 @@ def test_augmentation_cpu_smoke(tmp_path, capsys):
     assert bad.value.code == 2 and "--repeats and --items must be ≥ 1" in capsys.readouterr().err
 
 
-def overhead_record(dataset: str, plain_ms: list[float], lightning_ms: list[float]) -> dict:
+def overhead_record(dataset: str, plain_ms: list[float], lightning_ms: list[float], *options: str) -> dict:
     """A record as ``overhead.py --records`` writes it: repeats with the figures the plot reads."""
     runs = {
         "lightning": [{"step_cpu_ms": ms, "step_cpu_mean_ms": 2 * ms, "outside_train": 0.2} for ms in lightning_ms],
@@ -356,22 +377,35 @@ def overhead_record(dataset: str, plain_ms: list[float], lightning_ms: list[floa
         ],
     }
     code = {"lightning_seg": "0", "commit": "a" * 40, "modified": False}
-    return {"dataset": dataset, "machine": "CPU x", "model": "tiny(channels=8), ÷8", "code": code, **runs}
+    command = ["benchmarks/overhead.py", "--datasets", dataset, *options]
+    record = {"dataset": dataset, "machine": "CPU x", "model": "tiny(channels=8), ÷8", "code": code, "command": command}
+    return {**record, **runs}
 
 
-def test_overhead_plot_reads_the_medians_of_the_repeats_and_draws_them(tmp_path):
+def test_overhead_plot_draws_the_ratios_of_the_medians_over_repeats(tmp_path):
     plot = load_benchmark("overhead_plot")
     records = tmp_path / "overhead.jsonl"
-    lines = [overhead_record("chase", [2.0, 4.0, 3.0], [3.0, 6.0, 4.5]), overhead_record("covid19", [10.0], [11.0])]
-    records.write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n")  # a blank line is skipped
+    # skewed repeats: the ratio of the medians (4 / 2 = 2) is neither the median of the ratios (1.25) nor the ratio of
+    # the means (21 / 13)
+    chase = overhead_record("chase", [1.0, 2.0, 10.0], [3.0, 4.0, 14.0])
+    covid = overhead_record("covid19", [10.0], [11.0], "--model-kwargs", '{"channels": 32}')
+    records.write_text(json.dumps(chase) + "\n\n" + json.dumps(covid) + "\n")  # a blank line is skipped
     chase, covid = plot.read_records(records)
-    # medians over repeats: plain 3.0, Lightning 4.5, Lightning's mean step 9.0 against the plain mean 3.0
     assert (
-        chase["step_ms"] == 3.0 and chase["module"] == pytest.approx(0.5) and chase["module_mean"] == pytest.approx(2.0)
+        chase["step_ms"] == 2.0 and chase["module"] == pytest.approx(1.0) and chase["module_mean"] == pytest.approx(3.0)
     )
     assert chase["bare"] == 0 and (chase["outside"], chase["bare_outside"]) == (0.2, 0.1)
     assert chase["plain_outside"] == pytest.approx(0.1)  # 1 - 9 ms of steps / 10 ms of wall per step
     assert covid["step_ms"] == 10.0 and covid["module"] == pytest.approx(0.1)
+    assert chase["settings"] == {"loss": "caml", "max_steps": None, "val_check_interval": None, "set": [], "threads": 1}
+    fig = plot.figure([chase, covid])
+    per_step, outside = fig.axes
+    # chase's Lightning run and bare Lightning, then covid19's, a colour per dataset, a line style per series
+    assert [line.get_ydata()[0] for line in per_step.lines[:4]] == pytest.approx([100.0, 0.0, 10.0, 0.0])
+    assert [line.get_linestyle() for line in per_step.lines[:4]] == ["-", ":", "-", ":"]
+    assert len({line.get_color() for line in per_step.lines[:4]}) == 2
+    assert [line.get_xdata().tolist() for line in outside.lines[:3]] == [[2.0]] * 3  # chase's three series
+    assert [line.get_ydata()[0] for line in outside.lines[:3]] == pytest.approx([20.0, 10.0, 10.0])
     png = plot.plot([chase, covid], tmp_path / "figures" / "overhead.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -379,21 +413,49 @@ def test_overhead_plot_reads_the_medians_of_the_repeats_and_draws_them(tmp_path)
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "overhead.jsonl: no such file; give the file that overhead.py --records wrote"),
-        ("\n", "overhead.jsonl: no records in it"),
-        ("{not json\n", "overhead.jsonl:1: not a record of overhead.py --records (JSONDecodeError"),
+        (None, "overhead.jsonl: no such file; give the file of overhead.py --records"),
+        ("\n", "overhead.jsonl: no records in it; write them with overhead.py --records"),
+        (b"\x89PNG\r\n", "overhead.jsonl: not a text file ("),
+        (
+            "| date | machine |\n",
+            "overhead.jsonl:1: not JSON (a Markdown table of --output?); give the file of --records",
+        ),
         ('{"dataset": "chase"}\n', "overhead.jsonl:1: not a record of overhead.py --records (KeyError: 'lightning')"),
         ("RECORD\n[]\n", "overhead.jsonl:2: not a record of overhead.py --records (TypeError"),
+        ('RECORD\n{"dataset": null}\n', "overhead.jsonl:2: not a record of overhead.py --records (KeyError"),
+        ("NULL_CODE\n", "overhead.jsonl:1: not a record of overhead.py --records (TypeError: 'NoneType'"),
+        ("FOREIGN\n", "overhead.jsonl:1: not a record of overhead.py --records (ValueError: its command is not overh"),
+        ("RECORD\nOTHER_LOSS\n", "overhead.jsonl:2: chase on this machine ran with other loss than in an earlier line"),
     ],
 )
 def test_overhead_plot_refuses_what_is_not_a_records_file_in_one_line(tmp_path, capsys, content, message):
     plot = load_benchmark("overhead_plot")
     records = tmp_path / "overhead.jsonl"
-    if content is not None:
-        records.write_text(content.replace("RECORD", json.dumps(overhead_record("chase", [1.0], [1.0]))))
+    record = overhead_record("chase", [1.0], [1.0])
+    if isinstance(content, bytes):
+        records.write_bytes(content)
+    elif content is not None:
+        replacements = {
+            "RECORD": record,
+            "NULL_CODE": {**record, "code": None},
+            "FOREIGN": {**record, "command": ["overhead.py", "--no-such-option"]},
+            "OTHER_LOSS": overhead_record("chase", [1.0], [1.0], "--loss", "ce"),
+        }
+        for name, value in replacements.items():
+            content = content.replace(name, json.dumps(value))
+        records.write_text(content)
     with pytest.raises(SystemExit) as exit:
         plot.main([str(records), "--output", str(tmp_path / "x.png")])
     assert exit.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"overhead_plot.py: error: {records.parent}/") and message in line
+    assert line.startswith(f"overhead_plot.py: error: {records}") and message in line
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("output", ["x.xyz", "x"])
+def test_overhead_plot_refuses_an_output_it_cannot_write(tmp_path, capsys, output):
+    plot = load_benchmark("overhead_plot")
+    with pytest.raises(SystemExit) as exit:
+        plot.main([str(tmp_path / "overhead.jsonl"), "--output", str(tmp_path / output)])
+    assert exit.value.code == 2
+    assert f"--output {tmp_path / output}: give a file ending in .png, .pdf, .svg" in capsys.readouterr().err

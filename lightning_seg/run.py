@@ -112,6 +112,7 @@ OBSERVERS = (
     "lightning.pytorch.callbacks.DeviceStatsMonitor",
     "lightning_seg.callbacks.LossPartsLogger",
     "lightning_seg.callbacks.PredictionOverlays",
+    "lightning_seg.callbacks.HostMemoryReuse",  # how fast a CPU step goes, not what it computes
 )
 #: Top-level options of the run's config that define it besides model, data and trainer.
 CHECKPOINT_DEFINING = ("monitor", "mode")

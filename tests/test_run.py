@@ -120,6 +120,9 @@ def test_what_does_not_define_a_run_leaves_its_fingerprint_alone(tmp_path):
         identity("--trainer.accelerator=cpu", "--trainer.devices=1"),
         identity("--test_after_fit=true", "--checkpoint.every_minutes=0", "--checkpoint.keep_last=true"),
         identity("--nonfinite.patience=3"),
+        identity(
+            '--trainer.callbacks+={"class_path": "lightning_seg.callbacks.HostMemoryReuse", "init_args": {"trim_threshold": 0}}'
+        ),
         identity(*compose("loggers/wandb.yaml")),
         # the loss by registry name or by its class with the default arguments: the same loss
         identity("--model.init_args.loss=lightning_seg.losses.CAML"),

@@ -37,15 +37,23 @@ start to exit. A row gives:
 * seconds: ``training`` phase, ``startup`` (process start to ``on_fit_start``: imports, config, model and
   data construction), ``test and exit`` (``on_train_end`` to the process's exit: the test after fit,
   teardown), ``wall`` (the whole process).
+* ``page faults per step``: the process's minor page faults in the training phase (its validations included) per
+  step, for each of the three: fresh memory written (a fault per 4 KiB page), which a step that reuses its freed
+  memory does not take (:class:`~lightning_seg.callbacks.HostMemoryReuse`).
 
 The plain loop (``--worker plain``) builds the same model, data module and loss from the same command line
 (``build_cli(run=False)``), sets the same ``deterministic`` mode, and trains with Adam 1e-3 for as many
 steps, with nothing else: no logging, metrics, callbacks or validation. Its step runs from the batch in hand
 to the end of ``optimizer.step()``, timed as the Lightning step is.
 
+Both baselines reuse freed host memory as the configs' :class:`~lightning_seg.callbacks.HostMemoryReuse` has the
+real run do (glibc's malloc thresholds): otherwise whether a step takes page faults depends on a process's
+earlier allocations, and a comparison would count that luck as a cost of one side.
+
 Bare Lightning (``--worker bare``) trains the same model, data and loss with a minimal LightningModule (the
-loss in ``training_step``, Adam 1e-3) in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar
-or validation, in the same ``deterministic`` mode and with the real run's profiler (the CLI's
+loss in ``training_step``, Adam 1e-3) in a ``Trainer`` without callbacks (but the clock and
+:class:`~lightning_seg.callbacks.HostMemoryReuse`), loggers, checkpoints, progress bar or validation, in the
+same ``deterministic`` mode and with the real run's profiler (the CLI's
 :class:`~lightning_seg.profilers.NullProfiler`), timed by :class:`StepClock` as the real run is.
 
 Runs alternate (Lightning, bare Lightning, plain) per dataset, ``--repeats`` times; each figure is the median
@@ -68,6 +76,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,6 +86,7 @@ from pathlib import Path
 
 import lightning as L
 
+from lightning_seg.callbacks.host_memory import HostMemoryReuse, set_malloc_thresholds
 from lightning_seg.run import code_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
@@ -101,14 +111,20 @@ HEADER = (
     "| module overhead | of which bare Lightning | step CPU ms, mean: Lightning / bare Lightning / plain "
     "| module overhead, means | outside steps | validation "
     "| checkpoint | epoch ends | between steps | bare Lightning: outside steps | plain loop: outside steps "
-    "| outside steps, CPU | training s | startup s | test and exit s | wall s |\n"
-    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| outside steps, CPU | training s | startup s | test and exit s | wall s "
+    "| page faults per step: Lightning / bare Lightning / plain |\n"
+    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def now() -> float:
     """System-wide monotonic seconds (CLOCK_MONOTONIC on Linux: the same clock in every process)."""
     return time.monotonic()
+
+
+def faults() -> int:
+    """Minor page faults of this process so far: fresh memory that a step writes (a fault per 4 KiB page)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def cpu() -> float:
@@ -133,6 +149,8 @@ class StepClock(L.Callback):
         #: CPU seconds of the main thread in each step, and at the start and end of training
         self.step_cpu: list[float] = []
         self.cpu: dict[str, float] = {}
+        #: the process's minor page faults at the start and end of training
+        self.faults: dict[str, int] = {}
         self._step_start = self._step_cpu = self._val_start = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -165,6 +183,7 @@ class StepClock(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._mark("train_start")
         self.cpu["train_start"] = cpu()
+        self.faults = {"train_start": faults()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step_start, self._step_cpu = now(), cpu()
@@ -183,6 +202,7 @@ class StepClock(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._mark("train_end")
         self.cpu["train_end"] = cpu()
+        self.faults["train_end"] = faults()
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._mark("fit_end")
@@ -201,6 +221,7 @@ class StepClock(L.Callback):
             "checkpoints": self.checkpoints,
             "step_cpu": self.step_cpu,
             "cpu": self.cpu,
+            "faults": self.faults,
             "global_step": trainer.global_step,
         }
         self.path.write_text(json.dumps(record))
@@ -291,7 +312,13 @@ def cpu_phases(clock: dict) -> dict:
         "step_cpu_ms": step_cpu_ms(clock["step_cpu"]),
         "step_cpu_mean_ms": mean_ms(clock["step_cpu"]),
         "outside_cpu": 1 - sum(clock["step_cpu"]) / train,
+        "faults_per_step": faults_per_step(clock["faults"], len(clock["step_cpu"])),
     }
+
+
+def faults_per_step(counts: dict[str, int], steps: int) -> float:
+    """The page faults of the training phase (its validations included) per step."""
+    return (counts["train_end"] - counts["train_start"]) / steps
 
 
 # --------------------------------------------------------------------------------------------------- workers
@@ -384,9 +411,12 @@ def plain_worker(args: argparse.Namespace) -> None:
     import torch
 
     model, loss, loader, _ = build_parts(args)
+    reuse = HostMemoryReuse()  # the configs' allocator setting, so that page faults are nobody's cost
+    set_malloc_thresholds(reuse.mmap_threshold, reuse.trim_threshold)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     durations, cpu_durations, step, epoch, start = [], [], 0, 0, now()
+    counts = {"train_start": faults()}
     while step < args.steps:
         loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch: a new epoch's draws
         epoch += 1
@@ -401,8 +431,9 @@ def plain_worker(args: argparse.Namespace) -> None:
             step += 1
             if step == args.steps:
                 break
-    wall = now() - start
+    wall, counts["train_end"] = now() - start, faults()
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
+    record["faults_per_step"] = faults_per_step(counts, step)
     record["step_cpu_ms"] = step_cpu_ms(cpu_durations)
     record["step_cpu_mean_ms"] = mean_ms(cpu_durations)
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
@@ -441,7 +472,7 @@ def bare_worker(args: argparse.Namespace) -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[clock],
+        callbacks=[clock, HostMemoryReuse()],
         profiler=NullProfiler(),
     )
     trainer.fit(_BareModule(model, loss), train_dataloaders=loader)
@@ -450,6 +481,7 @@ def bare_worker(args: argparse.Namespace) -> None:
     record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": step_cpu_ms(clock.step_cpu)}
     record["step_cpu_mean_ms"] = mean_ms(clock.step_cpu)
     record["outside_train"] = 1 - sum(durations) / train
+    record["faults_per_step"] = faults_per_step(clock.faults, len(clock.step_cpu))
     print(json.dumps(record))
 
 
@@ -501,6 +533,7 @@ def row(date: str, machine: str, model: str, dataset: str, lightning: dict, bare
         f"{share['plain_outside']:.1%}",
         f"{lightning['outside_cpu']:.1%}",
         *(f"{lightning[k]:.1f}" for k in ("train", "startup", "test_and_exit", "wall")),
+        " / ".join(f"{run['faults_per_step']:.0f}" for run in (lightning, bare, plain)),
     ]
     return "| " + " | ".join(cells) + " |"
 

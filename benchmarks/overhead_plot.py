@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py beside it, also when loaded by file path
 
 from overhead import TARGETS, build_parser, median_record, shares  # noqa: E402
+
+from lightning_seg.figures import save_png  # noqa: E402
 
 #: the options of ``overhead.py`` that the points of one line must share: the rest say which datasets ran, where
 #: the data and the outputs lie, and what a sweep changes (``--model``, ``--model-kwargs``, ``--scale``)
@@ -148,6 +151,20 @@ def read_records(path: Path) -> list[dict]:
     return points
 
 
+def model_labels(models: list[str]) -> tuple[list[str], str]:
+    """What tells the points' ``models`` apart, and the whole with that part as ``…``: the labels of
+    ``tiny(channels=8), ÷8`` and ``tiny(channels=32), ÷8`` are ``8`` and ``32``, the whole ``tiny(channels=…), ÷8``.
+
+    Example:
+        >>> model_labels(["tiny(channels=8), ÷8", "tiny(channels=32), ÷8"])
+        (['8', '32'], 'tiny(channels=…), ÷8')
+    """
+    prefix = os.path.commonprefix(models)
+    suffix = os.path.commonprefix([m[len(prefix) :][::-1] for m in models])[::-1]
+    labels = [m[len(prefix) : len(m) - len(suffix)] for m in models]
+    return labels, prefix + ("…" if any(labels) else "") + suffix
+
+
 def _code_label(code: dict) -> str:
     modified = {True: " modified", False: "", None: " (modified?)"}[code["modified"]]
     return (code["commit"] or "no commit")[:7] + modified
@@ -170,6 +187,7 @@ def figure(points: list[dict]):
     colours = {key: palette[i % len(palette)] for i, key in enumerate(sorted(lines))}
     steps = [p["step_ms"] for p in points]
     ticks = [t for t in TICKS_MS if min(steps) / 1.5 <= t <= max(steps) * 1.5]
+    labels, models = model_labels([p["model"] for p in points])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, (title, target, ylabel, series) in zip(axes, PANELS, strict=True):
         for key, line in lines.items():
@@ -182,8 +200,8 @@ def figure(points: list[dict]):
                     marker=marker,
                     color=colours[key],
                 )
-        for point in points:  # which model each step length is
-            ax.annotate(point["model"], (point["step_ms"], 100 * point[series[0][0]]), fontsize=6, alpha=0.7)
+        for point, label in zip(points, labels, strict=True):  # which model each step length is
+            ax.annotate(label, (point["step_ms"], 100 * point[series[0][0]]), fontsize=7, alpha=0.8)
         ax.axhline(100 * TARGETS[target], color="black", linewidth=0.8)
         ax.annotate(f" target {TARGETS[target]:.0%}", (0, 100 * TARGETS[target]), xycoords=("axes fraction", "data"))
         ax.set_xscale("log")
@@ -200,7 +218,7 @@ def figure(points: list[dict]):
         ax.grid(alpha=0.3)
     code = sorted({_code_label(p["code"]) for p in points})
     title = f"{machines[0]}; " if len(machines) == 1 else ""
-    fig.suptitle(f"{title}code {', '.join(code)}", fontsize=9)
+    fig.suptitle(f"{title}code {', '.join(code)}; points: {models}", fontsize=9)
     handles = [
         Line2D([], [], color=colour, marker="o", label=dataset if len(machines) == 1 else f"{dataset}, {machine}")
         for (dataset, machine), colour in colours.items()
@@ -218,7 +236,10 @@ def plot(points: list[dict], output: Path) -> Path:
 
     fig = figure(points)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=100)
+    if output.suffix == ".png":
+        save_png(fig, output)  # 64 colours: a quarter of the size, for a committed file
+    else:
+        fig.savefig(output, dpi=100)
     plt.close(fig)
     return output
 

@@ -600,11 +600,17 @@ def _figure_legend(fig, ax, band: bool, extra: Sequence = ()) -> None:
 
 
 def _save(fig, path: Path, legend_space: float) -> Path:
-    """Lay out and write ``fig`` as a 64-colour PNG: the plots use a dozen colours, and the file (committed under
-    ``docs/``) is a quarter of the size of the full-colour one."""
+    """Lay out and write ``fig`` (:func:`save_png`)."""
+    fig.tight_layout(rect=(0, legend_space, 1, 0.94))
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a 64-colour PNG at 100 dpi: plots use a dozen colours, and a committed file is a quarter of
+    the size of the full-colour one."""
     from PIL import Image
 
-    fig.tight_layout(rect=(0, legend_space, 1, 0.94))
+    path = Path(path)
     fig.savefig(path, dpi=100)
     with Image.open(path) as image:
         palette = image.convert("RGB").quantize(colors=64)

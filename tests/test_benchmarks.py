@@ -170,6 +170,20 @@ def test_step_clock_records_a_fit(tmp_path):
     p = overhead.phases(record, (record["events"]["fit_start"] - 1.0, record["events"]["fit_end"] + 1.0))
     assert p["steps"] == 6 and p["validations"] == 2 and 0 < p["outside_train"] < 1
     assert len(record["step_cpu"]) == 6 and p["step_cpu_ms"] > 0 and 0 < p["outside_cpu"] < 1
+    faults = record["faults"]["train_end"] - record["faults"]["train_start"]
+    assert faults >= 0 and p["faults_per_step"] == faults / 6
+
+
+def test_faults_count_the_fresh_pages_a_process_writes():
+    import mmap
+
+    overhead = load_benchmark("overhead")
+    fresh = mmap.mmap(-1, 4 * 2**20)  # anonymous: no page of it is in memory before it is written
+    before = overhead.faults()
+    for offset in range(0, len(fresh), 4096):
+        fresh[offset] = 1
+    # a fault per 4 KiB page (1,024), or per 2 MiB page where the kernel gives huge pages
+    assert overhead.faults() - before >= len(fresh) // 2**21
 
 
 def test_checkpoint_cost_cpu_smoke(tmp_path):
@@ -225,6 +239,7 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     (point,) = load_benchmark("overhead_plot").read_records(records)
     assert [f"{point[k]:+.0%}" for k in ("module", "bare", "module_mean")] == [cells[7], cells[8], cells[10]]
     assert [f"{point[k]:.1%}" for k in ("outside", "bare_outside", "plain_outside")] == [cells[11], *cells[16:18]]
+    assert len(cells) == 24 and all(float(n) >= 0 for n in cells[23].split(" / "))  # page faults per step
     with pytest.raises(subprocess.CalledProcessError) as refused:  # the same file, other columns: refused at once
         output.write_text("| date | other |\n|---|---|\n")
         subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
@@ -459,3 +474,16 @@ def test_overhead_plot_refuses_an_output_it_cannot_write(tmp_path, capsys, outpu
         plot.main([str(tmp_path / "overhead.jsonl"), "--output", str(tmp_path / output)])
     assert exit.value.code == 2
     assert f"--output {tmp_path / output}: give a file ending in .png, .pdf, .svg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("models", "labels", "whole"),
+    [
+        (["tiny(channels=8), ÷8", "tiny(channels=32), ÷8"], ["8", "32"], "tiny(channels=…), ÷8"),
+        (["tiny(channels=8), ÷8", "tiny(channels=8), ÷2"], ["8", "2"], "tiny(channels=8), ÷…"),
+        (["unet(), ÷2", "tiny(channels=8), ÷2"], ["unet(", "tiny(channels=8"], "…), ÷2"),
+        (["tiny(channels=8), ÷8"] * 2, ["", ""], "tiny(channels=8), ÷8"),  # nothing tells them apart: no labels
+    ],
+)
+def test_overhead_plot_labels_a_point_with_what_tells_its_model_apart(models, labels, whole):
+    assert load_benchmark("overhead_plot").model_labels(models) == (labels, whole)

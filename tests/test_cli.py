@@ -464,6 +464,12 @@ def one_line_error(capsys, *args: str) -> tuple[int, str]:
             "--model.init_args.loss.init_args.lam: lam must lie in [0, 1], got 3.0",
         ),
         (
+            [
+                '--trainer.callbacks+={"class_path": "lightning_seg.callbacks.HostMemoryReuse", "init_args": {"trim_threshold": -5}}'
+            ],
+            "HostMemoryReuse: trim_threshold must lie in [0, 2147483647] bytes (default 67108864), got -5",
+        ),
+        (
             ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"],
             "--trainer.callbacks: lightning.pytorch.callbacks.ModelCheckpoint is a checkpoint callback; checkpoints are configured under `checkpoint:`",
         ),

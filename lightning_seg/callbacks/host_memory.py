@@ -12,19 +12,24 @@ log = logging.getLogger(__name__)
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: the largest ``M_MMAP_THRESHOLD`` glibc takes on a 64-bit system (``HEAP_MAX_SIZE / 2``); also the highest value
-#: its own adjustment raises the threshold to
+#: the highest ``M_MMAP_THRESHOLD`` glibc's own adjustment raises the threshold to on a 64-bit system, and the
+#: most that older glibc versions take (``HEAP_MAX_SIZE / 2``)
 MAX_MMAP_THRESHOLD = 32 * 2**20
+#: ``mallopt`` takes a C ``int``: a larger value would be cut to its low 32 bits
+MAX_TRIM_THRESHOLD = 2**31 - 1
+DEFAULT_TRIM_THRESHOLD = 64 * 2**20
 
 
 def check_thresholds(mmap_threshold: int, trim_threshold: int) -> None:
     """Raises:
-    ValueError: a threshold below 0, or ``mmap_threshold`` above :data:`MAX_MMAP_THRESHOLD`."""
-    if not 0 <= mmap_threshold <= MAX_MMAP_THRESHOLD or trim_threshold < 0:
-        raise ValueError(
-            f"mmap_threshold must lie in [0, {MAX_MMAP_THRESHOLD}] bytes and trim_threshold be ≥ 0, got "
-            f"{mmap_threshold} and {trim_threshold}"
-        )
+    ValueError: ``mmap_threshold`` outside ``[0, MAX_MMAP_THRESHOLD]`` or ``trim_threshold`` outside
+        ``[0, MAX_TRIM_THRESHOLD]``, naming the argument, its range and its default."""
+    for name, value, most, default in (
+        ("mmap_threshold", mmap_threshold, MAX_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD),
+        ("trim_threshold", trim_threshold, MAX_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD),
+    ):
+        if not 0 <= value <= most:
+            raise ValueError(f"HostMemoryReuse: {name} must lie in [0, {most}] bytes (default {default}), got {value}")
 
 
 def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
@@ -37,7 +42,10 @@ def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     check_thresholds(mmap_threshold, trim_threshold)
     if platform.libc_ver()[0] != "glibc":
         return False
-    mallopt = ctypes.CDLL(None).mallopt
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # an interpreter that does not export the C library's symbols
+        return False
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
@@ -53,8 +61,11 @@ class HostMemoryReuse(L.Callback):
     per activation) that was 86,000 page faults a second, a fifth of the CPU time spent in the kernel and steps a
     third longer than with the thresholds set (benchmarks/README.md). At ``setup`` of a fit on the CPU this callback
     sets both (:func:`set_malloc_thresholds`): blocks below ``mmap_threshold`` come from the heap and are reused,
-    and up to ``trim_threshold`` bytes stay free at its top. The process keeps up to that much freed memory instead
-    of handing it back; glibc no longer adjusts the thresholds itself.
+    and up to ``trim_threshold`` bytes stay free at its top. So the process keeps freed memory instead of handing it
+    back: freed blocks anywhere in its heap, and up to ``trim_threshold`` bytes at the top (how much more resident
+    memory that makes at the peak was not measured). The setting holds for the rest of the process (a test after the
+    fit, later fits in a notebook) and for the loader workers it forks; glibc has no way to read the old values back,
+    and no longer adjusts the thresholds itself. Under ``LD_PRELOAD``-ed jemalloc or tcmalloc it changes nothing.
 
     It does nothing on a GPU (the tensors of a GPU step are not ``malloc``'s) or where the C library is not glibc. It
     changes how fast a run goes, never what it computes: a run's identity leaves it out
@@ -63,7 +74,8 @@ class HostMemoryReuse(L.Callback):
     Args:
         mmap_threshold: bytes from which a block is mapped, and handed back when freed (at most
             :data:`MAX_MMAP_THRESHOLD`, the default).
-        trim_threshold: free bytes at the top of the heap above which glibc hands them back (default 64 MiB).
+        trim_threshold: free bytes at the top of the heap above which glibc hands them back (default 64 MiB, at most
+            :data:`MAX_TRIM_THRESHOLD`).
 
     Raises:
         ValueError: a threshold out of range (:func:`check_thresholds`).
@@ -73,7 +85,7 @@ class HostMemoryReuse(L.Callback):
         True
     """
 
-    def __init__(self, mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = 64 * 2**20) -> None:
+    def __init__(self, mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> None:
         check_thresholds(mmap_threshold, trim_threshold)
         self.mmap_threshold = mmap_threshold
         self.trim_threshold = trim_threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -72,15 +73,25 @@ def test_no_glibc_no_mallopt(monkeypatch):
     assert host_memory.set_malloc_thresholds(MiB, MiB) is False
 
 
-@pytest.mark.parametrize(("mmap_threshold", "trim_threshold"), [(-1, 0), (32 * MiB + 1, 0), (0, -1)])
-def test_thresholds_out_of_range_are_a_value_error(mmap_threshold, trim_threshold):
-    message = rf"mmap_threshold must lie in \[0, {32 * MiB}\] bytes and trim_threshold be ≥ 0, got {mmap_threshold} and"
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize(
+    ("mmap_threshold", "trim_threshold", "message"),
+    [
+        (-1, 0, f"mmap_threshold must lie in [0, {32 * MiB}] bytes (default {32 * MiB}), got -1"),
+        (32 * MiB + 1, 0, f"mmap_threshold must lie in [0, {32 * MiB}] bytes (default {32 * MiB}), got {32 * MiB + 1}"),
+        (0, -5, f"trim_threshold must lie in [0, {2**31 - 1}] bytes (default {64 * MiB}), got -5"),
+        (0, 2**32, f"trim_threshold must lie in [0, {2**31 - 1}] bytes (default {64 * MiB}), got {2**32}"),  # C int
+    ],
+)
+def test_thresholds_out_of_range_are_a_value_error_naming_the_argument(mmap_threshold, trim_threshold, message):
+    with pytest.raises(ValueError, match=re.escape(f"HostMemoryReuse: {message}")):
         HostMemoryReuse(mmap_threshold, trim_threshold)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         host_memory.set_malloc_thresholds(mmap_threshold, trim_threshold)
 
 
-@pytest.mark.parametrize("config", ["base.yaml", "demo.yaml"])
-def test_the_configs_train_with_it(config):
-    assert "class_path: lightning_seg.callbacks.HostMemoryReuse" in (REPO / "configs" / config).read_text()
+@pytest.mark.parametrize("configs", [["base.yaml", "data/synthetic.yaml"], ["demo.yaml"]])
+def test_the_configs_train_with_it(configs):
+    from lightning_seg.cli import build_cli
+
+    cli = build_cli([x for name in configs for x in ("--config", str(REPO / "configs" / name))], run=False)
+    assert [type(c) for c in cli.trainer.callbacks].count(HostMemoryReuse) == 1

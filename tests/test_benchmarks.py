@@ -487,3 +487,12 @@ def test_overhead_plot_refuses_an_output_it_cannot_write(tmp_path, capsys, outpu
 )
 def test_overhead_plot_labels_a_point_with_what_tells_its_model_apart(models, labels, whole):
     assert load_benchmark("overhead_plot").model_labels(models) == (labels, whole)
+
+
+def test_the_committed_overhead_records_are_drawable():
+    """benchmarks/results/overhead-steps.jsonl, the source of the committed figure, reads with today's reader: three
+    datasets at four widths of one model, each point from two repeats."""
+    plot = load_benchmark("overhead_plot")
+    points = plot.read_records(REPO / "benchmarks" / "results" / "overhead-steps.jsonl")
+    assert sorted({p["dataset"] for p in points}) == ["chase", "covid19", "drosophila"] and len(points) == 12
+    assert plot.model_labels([p["model"] for p in points])[1] == "tiny(channels=…), ÷8"

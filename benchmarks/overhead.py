@@ -86,7 +86,7 @@ from pathlib import Path
 
 import lightning as L
 
-from lightning_seg.callbacks.host_memory import HostMemoryReuse, set_malloc_thresholds
+from lightning_seg.callbacks import HostMemoryReuse
 from lightning_seg.run import code_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
@@ -411,8 +411,7 @@ def plain_worker(args: argparse.Namespace) -> None:
     import torch
 
     model, loss, loader, _ = build_parts(args)
-    reuse = HostMemoryReuse()  # the configs' allocator setting, so that page faults are nobody's cost
-    set_malloc_thresholds(reuse.mmap_threshold, reuse.trim_threshold)
+    HostMemoryReuse().apply()  # the configs' allocator setting, so that page faults are nobody's cost
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     durations, cpu_durations, step, epoch, start = [], [], 0, 0, now()

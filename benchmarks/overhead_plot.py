@@ -120,7 +120,7 @@ def read_records(path: Path) -> list[dict]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise RecordError(f"{path}: not a text file ({error}); give the file of overhead.py --records") from None
-    points = []
+    points, line_settings = [], {}  # (dataset, machine) -> the settings of its first record
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -137,13 +137,12 @@ def read_records(path: Path) -> list[dict]:
             raise RecordError(
                 f"{where}: not a record of overhead.py --records ({type(error).__name__}: {error})"
             ) from None
-        first = next(
-            p for p in points if (p["dataset"], p["machine"]) == (points[-1]["dataset"], points[-1]["machine"])
-        )
-        if first["settings"] != points[-1]["settings"]:
-            differ = [k for k in SHARED_OPTIONS if first["settings"][k] != points[-1]["settings"][k]]
+        point = points[-1]
+        first = line_settings.setdefault((point["dataset"], point["machine"]), point["settings"])
+        if first != point["settings"]:
+            differ = [k for k in SHARED_OPTIONS if first[k] != point["settings"][k]]
             raise RecordError(
-                f"{where}: {points[-1]['dataset']} on this machine ran with other {', '.join(differ)} than in an earlier"
+                f"{where}: {point['dataset']} on this machine ran with other {', '.join(differ)} than in an earlier"
                 " line; one line of the plot compares one setting: draw them from separate files"
             )
     if not points:

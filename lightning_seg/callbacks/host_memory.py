@@ -91,9 +91,15 @@ class HostMemoryReuse(L.Callback):
         self.trim_threshold = trim_threshold
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or trainer.strategy.root_device.type != "cpu":
-            return
-        if set_malloc_thresholds(self.mmap_threshold, self.trim_threshold):
+        if stage == "fit" and trainer.strategy.root_device.type == "cpu":
+            self.apply()
+
+    def apply(self) -> bool:
+        """Set the thresholds in this process now (:func:`set_malloc_thresholds`), as ``setup`` does for a CPU fit
+        (also for a loop without a trainer); whether they were taken."""
+        applied = set_malloc_thresholds(self.mmap_threshold, self.trim_threshold)
+        if applied:
             log.debug("malloc thresholds set: mmap %d, trim %d bytes", self.mmap_threshold, self.trim_threshold)
         else:
             log.debug("malloc thresholds left as they are: the C library is not glibc, or it refused them")
+        return applied

@@ -95,3 +95,10 @@ def test_the_configs_train_with_it(configs):
 
     cli = build_cli([x for name in configs for x in ("--config", str(REPO / "configs" / name))], run=False)
     assert [type(c) for c in cli.trainer.callbacks].count(HostMemoryReuse) == 1
+
+
+def test_apply_sets_the_thresholds_without_a_trainer(monkeypatch):
+    """What a loop of one's own calls (the overhead benchmark's plain loop): the callback's thresholds, at once."""
+    made = []
+    monkeypatch.setattr(host_memory, "set_malloc_thresholds", lambda *args: made.append(args) or False)
+    assert HostMemoryReuse(MiB, 2 * MiB).apply() is False and made == [(MiB, 2 * MiB)]

@@ -262,10 +262,18 @@ def test_overhead_refuses_a_records_file_before_it_runs(tmp_path, records, outpu
         overhead.main(argv)
 
 
-def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path, require_data):
-    """A real fit of 8 steps in blocks of 2: each profiler runs 4 steps, in turns, and the row gives their ratios."""
-    output = tmp_path / "profiler.md"
-    command = [sys.executable, str(REPO / "benchmarks" / "profiler.py"), "--datasets", "chase", "--block", "2"]
+@pytest.mark.parametrize(
+    ("compare", "turns"),
+    [
+        ("profiler", "PassThroughProfiler / NullProfiler"),
+        ("hook-bookkeeping", "nn.Module.__setattr__ / object.__setattr__"),
+    ],
+)
+def test_the_turns_benchmark_alternates_two_settings_in_blocks_of_steps(tmp_path, require_data, compare, turns):
+    """A real fit of 8 steps in blocks of 2: each setting runs 4 steps, in turns, and the row gives their ratios."""
+    output = tmp_path / "turns.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "turns.py"), "--datasets", "chase", "--block", "2"]
+    command += ["--compare", compare]
     command += ["--max-steps", "8", "--val-check-interval", "4", "--data-dir", str(require_data)]
     command += ["--set", "data.init_args.num_workers=0", "--output", str(output), "--date", "2000-01-01"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -274,7 +282,7 @@ def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|")) == len(rule.strip("|").split("|"))
     assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and cells[2] == "chase (0.25)"
-    assert cells[3:5] == ["PassThroughProfiler / NullProfiler", "4"]
+    assert cells[3:5] == [turns, "4"]
     for times, ratio in ((cells[5], cells[6]), (cells[7], cells[8])):
         lightning, null = map(float, times.split(" / "))
         assert float(ratio) == pytest.approx(lightning / null, abs=0.002 + 0.001 * lightning / null)
@@ -284,13 +292,13 @@ def test_profiler_benchmark_alternates_the_profilers_in_blocks_of_steps(tmp_path
 
 
 def test_the_paired_ratio_compares_every_two_neighbouring_blocks():
-    profiler = load_benchmark("profiler")
+    turns = load_benchmark("turns")
     labels = [0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0]
     seconds = [3.0, 9.0, 6.0, 2.0, 3.0, 4.0, 4.0, 8.0, 4.0, 2.0, 1.0]
     # block medians 6, 3, 6, 3, 1: each neighbour pair as first turn / second turn, in either order
-    assert profiler.paired_ratio(labels, seconds) == [2.0, 2.0, 2.0, 1 / 3]
-    assert profiler.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == [2.0]
-    assert profiler.paired_ratio([0, 0], [1.0, 1.0]) == []
+    assert turns.paired_ratio(labels, seconds) == [2.0, 2.0, 2.0, 1 / 3]
+    assert turns.paired_ratio([1, 1, 0, 0], [1.0, 1.0, 2.0, 2.0]) == [2.0]
+    assert turns.paired_ratio([0, 0], [1.0, 1.0]) == []
 
 
 @pytest.mark.parametrize(
@@ -298,18 +306,19 @@ def test_the_paired_ratio_compares_every_two_neighbouring_blocks():
     [
         (["--block", "0"], "--block must be ≥ 1, got 0"),
         (["--max-steps", "7"], "--max-steps must exceed --block (7) for both turns to run, got 7"),
+        (["--compare", "optimizer"], "argument --compare: invalid choice: 'optimizer'"),
     ],
 )
-def test_the_profiler_benchmark_refuses_bad_arguments_before_any_fit(capsys, bad, message):
-    profiler = load_benchmark("profiler")
+def test_the_turns_benchmark_refuses_bad_arguments_before_any_fit(capsys, bad, message):
+    turns = load_benchmark("turns")
     with pytest.raises(SystemExit) as refused:
-        profiler.main(["--datasets", "chase", *bad])
+        turns.main(["--datasets", "chase", *bad])
     assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_path):
-    profiler = load_benchmark("profiler")
-    callback = profiler.AlternatingProfiler(str(tmp_path / "clock.json"), block=3)
+def test_the_alternating_clock_gives_each_block_of_steps_its_profiler(tmp_path):
+    turns = load_benchmark("turns")
+    callback = turns.Alternating(str(tmp_path / "clock.json"), block=3)
     trainer = SimpleNamespace(global_step=0, profiler=None)
     kinds = []
     for step in range(9):
@@ -318,9 +327,26 @@ def test_the_alternating_profiler_gives_each_block_of_steps_its_profiler(tmp_pat
         kinds.append(type(trainer.profiler).__name__)
     assert kinds == ["PassThroughProfiler"] * 3 + ["NullProfiler"] * 3 + ["PassThroughProfiler"] * 3
     assert callback.labels == [0, 0, 0, 1, 1, 1, 0, 0, 0]
-    control = profiler.AlternatingProfiler(str(tmp_path / "control.json"), block=1, control=True)
-    assert [type(p).__name__ for p in control.profilers] == ["PassThroughProfiler"] * 2
-    assert control.profilers[0] is not control.profilers[1]
+    control = turns.Alternating(str(tmp_path / "control.json"), block=1, control=True)
+    assert [type(p).__name__ for p in control.settings] == ["PassThroughProfiler"] * 2
+    assert control.settings[0] is not control.settings[1]
+
+
+def test_the_alternating_clock_switches_the_modules_hook_bookkeeping(tmp_path, monkeypatch):
+    """The module's fast path is off in the first turn and on in the second, as the module reads it."""
+    import lightning_seg.module as module
+
+    monkeypatch.setattr(module, "HOOK_BOOKKEEPING", module.HOOK_BOOKKEEPING)  # restored after the test
+    turns = load_benchmark("turns")
+    callback = turns.Alternating(str(tmp_path / "clock.json"), compare="hook-bookkeeping", block=2)
+    trainer = SimpleNamespace(global_step=0)
+    seen = []
+    for step in range(6):
+        trainer.global_step = step
+        callback.on_train_batch_start(trainer, None, None, step)
+        seen.append(sorted(module.HOOK_BOOKKEEPING))
+    assert seen == [[], [], ["_current_fx_name"], ["_current_fx_name"], [], []]
+    assert turns.turn_labels("hook-bookkeeping", control=True) == ("nn.Module.__setattr__",) * 2
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,30 @@ def test_hyperparameters_hold_no_modules():
     assert not any(isinstance(v, nn.Module) or callable(v) for v in module.hparams.values())
 
 
+def test_lightnings_hook_names_are_set_past_nn_module_setattr(monkeypatch):
+    """Lightning sets the hook's name on the module around every hook; those sets skip nn.Module.__setattr__'s
+    checks, and every other attribute (and a hook-name attribute given anything but a name or None) still goes
+    through them."""
+    names = []
+    module_setattr = nn.Module.__setattr__
+
+    def counting(self, name, value):
+        names.append((self, name))
+        module_setattr(self, name, value)
+
+    monkeypatch.setattr(nn.Module, "__setattr__", counting)
+    trainer, _ = fit_logging_loss_parts(2, max_steps=2)
+    assert trainer.global_step == 2 and trainer.lightning_module._current_fx_name is None
+    assert "_current_fx_name" not in {name for _, name in names} and "_current_fx_name" in module_lib.HOOK_BOOKKEEPING
+
+    module, conv = SegmentationModule(model="tiny", loss="ce"), nn.Conv2d(1, 1, 1)
+    names.clear()
+    module.extra = conv
+    module._current_fx_name = nn.Parameter(torch.zeros(1))  # not a name: nn.Module's rules, registered
+    assert [name for owner, name in names if owner is module] == ["extra", "_current_fx_name"]
+    assert "extra.weight" in module.state_dict() and "_current_fx_name" in dict(module.named_parameters())
+
+
 class RecordingLogger(Logger):
     """Keeps every ``log_metrics`` call as ``(step, {name: float})``."""
 

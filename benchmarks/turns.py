@@ -1,24 +1,30 @@
-"""What Lightning's default profiler costs per training step in a real ``lightning-seg fit``, against the
-:class:`~lightning_seg.profilers.NullProfiler` the CLI gives the trainer instead.
+"""Two settings of a real ``lightning-seg fit`` by turns in one run: what a per-step cost of Lightning's hooks
+amounts to, free of the drift between runs.
 
-Lightning wraps every hook it calls in ``trainer.profiler.profile(name)`` (how many per step: the
-``NullProfiler``'s docstring). One fit, as ``overhead.py`` runs it (the dataset's smallest fraction, the
-``tiny`` model, image sides divided by ``--scale``, loading in the process), with one extra callback,
-:class:`AlternatingProfiler`: it hands the trainer Lightning's ``PassThroughProfiler`` and the ``NullProfiler`` by
-turns, every ``--block`` steps, and records each step's CPU time (main thread) with the profiler it ran under.
-Both profilers share the same run, batches and minutes of the machine, so whatever else the machine does falls
-on both alike. Reported: the lower decile and the mean step of each, their ratios, and the paired ratio
-(:func:`paired_ratio`): over every two neighbouring blocks, the ratio of their median steps (Lightning's profiler
-over the ``NullProfiler``, whichever came first), its median and quartiles over all pairs. The step times of this
-project's CPU drift from minute to minute; the paired ratio compares steps less than a second apart. The default
-block of 7 steps divides no validation interval of the configs, so the step after a validation falls to either
-profiler. ``--control`` gives both turns Lightning's profiler: what the method reads as a difference where there
-is none.
+One fit, as ``overhead.py`` runs it (the dataset's smallest fraction, the ``tiny`` model, image sides divided by
+``--scale``, loading in the process), with one extra callback, :class:`Alternating`: it gives the run the two
+settings of ``--compare`` (:data:`COMPARISONS`) by turns, every ``--block`` steps, and records each step's CPU time
+(main thread) with the turn it ran in:
+
+* ``profiler``: Lightning's ``PassThroughProfiler`` against the CLI's :class:`~lightning_seg.profilers.NullProfiler`
+  (Lightning wraps every hook it calls in ``trainer.profiler.profile(name)``; how many per step: the
+  ``NullProfiler``'s docstring);
+* ``hook-bookkeeping``: ``nn.Module.__setattr__`` against ``object.__setattr__`` for the hook names Lightning sets on
+  the module around each hook (:data:`lightning_seg.module.HOOK_BOOKKEEPING`).
+
+Both turns share the same run, batches and minutes of the machine, so whatever else the machine does falls on both
+alike. Reported: the lower decile and the mean step of each, their ratios, and the paired ratio
+(:func:`paired_ratio`): over every two neighbouring blocks, the ratio of their median steps (first turn over
+second, whichever came first), its median and quartiles over all pairs. The step times of this project's CPU
+drift from minute to minute; the paired ratio compares steps less than a second apart. The default block of 7
+steps divides no validation interval of the configs, so the step after a validation falls to either turn.
+``--control`` gives both turns the first setting: what the method reads as a difference where there is none.
 
 Example::
 
-    python benchmarks/profiler.py --datasets chase covid19 --data-dir ../shared/data
-    python benchmarks/profiler.py --datasets chase --control --data-dir ../shared/data   # the same profiler twice
+    python benchmarks/turns.py --datasets chase covid19 --data-dir ../shared/data
+    python benchmarks/turns.py --compare hook-bookkeeping --datasets chase --data-dir ../shared/data
+    python benchmarks/turns.py --datasets chase --control --data-dir ../shared/data   # the first setting twice
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -40,15 +48,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import check_table_file, device_name, report_table  # noqa: E402
 from overhead import DATASETS, REPO, StepClock, add_fit_arguments, child_env, fit_args, mean_ms, step_cpu_ms  # noqa: E402
 
+import lightning_seg.module  # noqa: E402
 from lightning_seg.profilers import NullProfiler  # noqa: E402
 
-#: the profilers of the two turns
-PROFILERS = (PassThroughProfiler, NullProfiler)
+
+class Comparison(NamedTuple):
+    """Two settings of a run, given to it by turns."""
+
+    #: the names of the two settings, in the table's ``turns`` column
+    labels: tuple[str, str]
+    #: a fresh setting of each turn (``control``: the first one's twice)
+    make: Callable[[int], object]
+    #: gives the run a setting, at the start of a step
+    apply: Callable[[object, object], None]
 
 
-def turn_profilers(control: bool) -> tuple[type, type]:
-    """The profiler classes of the two turns: :data:`PROFILERS`, or the first twice with ``control``."""
-    return (PROFILERS[0], PROFILERS[0]) if control else PROFILERS
+def _set_hook_bookkeeping(trainer, names: frozenset) -> None:
+    lightning_seg.module.HOOK_BOOKKEEPING = names  # read by SegmentationModule.__setattr__ at every call
+
+
+#: what ``--compare`` chooses
+COMPARISONS = {
+    "profiler": Comparison(
+        labels=("PassThroughProfiler", "NullProfiler"),
+        make=lambda turn: (PassThroughProfiler, NullProfiler)[turn](),
+        apply=lambda trainer, profiler: setattr(trainer, "profiler", profiler),
+    ),
+    "hook-bookkeeping": Comparison(
+        labels=("nn.Module.__setattr__", "object.__setattr__"),
+        make=lambda turn: (frozenset(), lightning_seg.module.HOOK_BOOKKEEPING)[turn],
+        apply=_set_hook_bookkeeping,
+    ),
+}
+
+
+def turn_labels(compare: str, control: bool) -> tuple[str, str]:
+    """The names of the two turns' settings: the comparison's, or its first twice with ``control``."""
+    first, second = COMPARISONS[compare].labels
+    return (first, first) if control else (first, second)
 
 
 HEADER = (
@@ -58,25 +95,27 @@ HEADER = (
 )
 
 
-class AlternatingProfiler(StepClock):
-    """:class:`StepClock` that gives the trainer the profilers of :data:`PROFILERS` by turns, ``block`` steps each,
-    and records which turn every step ran in.
+class Alternating(StepClock):
+    """:class:`StepClock` that gives the run the two settings of a :data:`COMPARISONS` entry by turns, ``block``
+    steps each, and records which turn every step ran in.
 
     Args:
         path: output file (JSON).
-        block: steps in a row under one profiler.
-        control: both turns with the first profiler (Lightning's).
+        compare: the key of :data:`COMPARISONS`.
+        block: steps in a row with one setting.
+        control: both turns with the first setting (a fresh one for each turn).
     """
 
-    def __init__(self, path: str, block: int = 7, control: bool = False) -> None:
+    def __init__(self, path: str, compare: str = "profiler", block: int = 7, control: bool = False) -> None:
         super().__init__(path)
+        self.comparison = COMPARISONS[compare]
         self.block = block
-        self.profilers = [cls() for cls in turn_profilers(control)]
+        self.settings = [self.comparison.make(0 if control else turn) for turn in (0, 1)]
         self.labels: list[int] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        which = (trainer.global_step // self.block) % len(self.profilers)
-        trainer.profiler = self.profilers[which]
+        which = (trainer.global_step // self.block) % len(self.settings)
+        self.comparison.apply(trainer, self.settings[which])
         self.labels.append(which)
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
@@ -103,11 +142,11 @@ def paired_ratio(labels: list[int], seconds: list[float]) -> list[float]:
 
 
 def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[tuple[list[float], list[float]], list[float]]:
-    """One fit; the CPU seconds of its steps under each profiler, and the paired ratios."""
+    """One fit; the CPU seconds of its steps in each turn, and the paired ratios."""
     clock_file = root / "clock.json"
     callback = {
-        "class_path": "profiler.AlternatingProfiler",
-        "init_args": {"path": str(clock_file), "block": args.block, "control": args.control},
+        "class_path": "turns.Alternating",
+        "init_args": {"path": str(clock_file), "compare": args.compare, "block": args.block, "control": args.control},
     }
     command = [sys.executable, "-m", "lightning_seg.cli", *fit_args(dataset, args, root)]
     command.append(f"--trainer.callbacks+={json.dumps(callback)}")
@@ -123,7 +162,7 @@ def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[tuple[list[
         steps[which].append(seconds)
     if not all(steps):
         raise SystemExit(
-            f"profiler.py: error: {len(clock['labels'])} steps fill less than two turns of --block {args.block}"
+            f"turns.py: error: {len(clock['labels'])} steps fill less than two turns of --block {args.block}"
         )
     return steps, paired_ratio(clock["labels"], clock["step_cpu"])
 
@@ -137,15 +176,15 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def row(date: str, machine: str, turns: str, dataset: str, steps: tuple[list[float], ...], pairs: list[float]) -> str:
-    lightning, null = steps
-    deciles = step_cpu_ms(lightning), step_cpu_ms(null)
-    means = mean_ms(lightning), mean_ms(null)
+    first, second = steps
+    deciles = step_cpu_ms(first), step_cpu_ms(second)
+    means = mean_ms(first), mean_ms(second)
     cells = [
         date,
         machine,
         f"{dataset} ({DATASETS[dataset][0]:g})",
         turns,
-        f"{min(len(lightning), len(null))}",
+        f"{min(len(first), len(second))}",
         f"{deciles[0]:.3f} / {deciles[1]:.3f}",
         f"{deciles[0] / deciles[1]:.3f}",
         f"{means[0]:.3f} / {means[1]:.3f}",
@@ -159,8 +198,11 @@ def row(date: str, machine: str, turns: str, dataset: str, steps: tuple[list[flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fit_arguments(parser)
-    parser.add_argument("--block", type=int, default=7, help="steps in a row under one profiler (default 7)")
-    parser.add_argument("--control", action="store_true", help="both turns with Lightning's profiler (an A/A run)")
+    parser.add_argument(
+        "--compare", choices=list(COMPARISONS), default="profiler", help="the two settings (default profiler)"
+    )
+    parser.add_argument("--block", type=int, default=7, help="steps in a row with one setting (default 7)")
+    parser.add_argument("--control", action="store_true", help="both turns with the first setting (an A/A run)")
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())
     args = parser.parse_args(argv)
@@ -172,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         check_table_file(args.output, HEADER)
     torch.set_num_threads(args.threads)  # the fit's, for the machine's name
     machine = device_name(torch.device("cpu"))
-    turns = " / ".join(cls.__name__ for cls in turn_profilers(args.control))
+    turns = " / ".join(turn_labels(args.compare, args.control))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:

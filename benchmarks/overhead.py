@@ -542,7 +542,7 @@ def median_record(records: list[dict]) -> dict:
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that :func:`fit_args` and :func:`child_env` read: which fit, at which scale (also ``profiler.py``'s)."""
+    """The options that :func:`fit_args` and :func:`child_env` read: which fit, at which scale (also ``turns.py``'s)."""
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("LIGHTNING_SEG_DATA") or REPO.parent / "shared" / "data")

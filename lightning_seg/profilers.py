@@ -18,7 +18,7 @@ class NullProfiler(PassThroughProfiler):
     profiler's ``profile`` is a generator-based context manager, built afresh at each call. A training step calls
     13 such hooks plus 6 per callback (55 with the CLI's 7 callbacks; counted with ``--trainer.profiler=simple``).
     Here ``profile`` returns one shared context that does nothing: what that saves per step is measured by
-    ``benchmarks/profiler.py`` (benchmarks/README.md).
+    ``benchmarks/turns.py --compare profiler`` (benchmarks/README.md).
 
     The CLI gives it to the trainer when the config asks for no profiler (``trainer.profiler: null``); a
     profiler given in the config (``--trainer.profiler=simple``, ``advanced``, a class) is used as it is.

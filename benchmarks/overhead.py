@@ -355,25 +355,30 @@ def child_env(args: argparse.Namespace) -> dict:
     return env
 
 
-def run_lightning(dataset: str, args: argparse.Namespace, root: Path) -> dict:
+def run_fit(dataset: str, args: argparse.Namespace, root: Path, clock: str, **clock_args) -> dict:
+    """The real fit of ``dataset`` in a child process, with the clock callback ``clock`` (``module.Class`` of a
+    :class:`StepClock`, importable from this folder) writing to ``root/clock.json``; that file's record.
+
+    Raises:
+        RuntimeError: the fit failed (with the end of its output).
+    """
     clock_file = root / "clock.json"
-    clock = json.dumps({"class_path": CLOCK, "init_args": {"path": str(clock_file)}})
-    command = [
-        sys.executable,
-        "-m",
-        "lightning_seg.cli",
-        *fit_args(dataset, args, root),
-        f"--trainer.callbacks+={clock}",
-    ]
+    callback = json.dumps({"class_path": clock, "init_args": {"path": str(clock_file), **clock_args}})
+    command = [sys.executable, "-m", "lightning_seg.cli", *fit_args(dataset, args, root)]
+    command.append(f"--trainer.callbacks+={callback}")
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "stdout.log", "w") as log:
-        start = now()
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
-        end = now()
     if done.returncode != 0:
         tail = "\n".join((root / "stdout.log").read_text().splitlines()[-15:])
-        raise RuntimeError(f"lightning run failed ({done.returncode}); the end of its output:\n{tail}")
-    return phases(json.loads(clock_file.read_text()), (start, end))
+        raise RuntimeError(f"the fit failed ({done.returncode}); the end of its output:\n{tail}")
+    return json.loads(clock_file.read_text())
+
+
+def run_lightning(dataset: str, args: argparse.Namespace, root: Path) -> dict:
+    start = now()
+    clock = run_fit(dataset, args, root, CLOCK)
+    return phases(clock, (start, now()))
 
 
 def run_baseline(worker: str, dataset: str, args: argparse.Namespace, root: Path, steps: int) -> dict:

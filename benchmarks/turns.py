@@ -33,7 +33,6 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
-from overhead import DATASETS, REPO, StepClock, add_fit_arguments, child_env, fit_args, mean_ms, step_cpu_ms  # noqa: E402
+from overhead import DATASETS, StepClock, add_fit_arguments, mean_ms, run_fit, step_cpu_ms  # noqa: E402
 
 import lightning_seg.module  # noqa: E402
 from lightning_seg.profilers import NullProfiler  # noqa: E402
@@ -143,20 +142,8 @@ def paired_ratio(labels: list[int], seconds: list[float]) -> list[float]:
 
 def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[tuple[list[float], list[float]], list[float]]:
     """One fit; the CPU seconds of its steps in each turn, and the paired ratios."""
-    clock_file = root / "clock.json"
-    callback = {
-        "class_path": "turns.Alternating",
-        "init_args": {"path": str(clock_file), "compare": args.compare, "block": args.block, "control": args.control},
-    }
-    command = [sys.executable, "-m", "lightning_seg.cli", *fit_args(dataset, args, root)]
-    command.append(f"--trainer.callbacks+={json.dumps(callback)}")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "stdout.log", "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
-    if done.returncode != 0:
-        tail = "\n".join((root / "stdout.log").read_text().splitlines()[-15:])
-        raise RuntimeError(f"the fit failed ({done.returncode}); the end of its output:\n{tail}")
-    clock = json.loads(clock_file.read_text())
+    options = {"compare": args.compare, "block": args.block, "control": args.control}
+    clock = run_fit(dataset, args, root, "turns.Alternating", **options)
     steps: tuple[list[float], list[float]] = ([], [])
     for which, seconds in zip(clock["labels"], clock["step_cpu"], strict=True):
         steps[which].append(seconds)

@@ -1,0 +1,163 @@
+"""The module's cost per training step against a plain step on the same batch, paired within one real fit.
+
+``overhead.py`` compares the real fit's steps with a plain PyTorch loop run in another process, minutes apart: on
+this project's shared CPU two runs of one command differ by up to ±10 % per step, as much as the cost to be measured.
+Here both run in one process, step after step. The real ``lightning-seg fit`` (as ``overhead.py`` runs it: the
+dataset's smallest fraction, the configs' step budget, callbacks and validations, the ``tiny`` model, image sides
+divided by ``--scale``) gets one extra callback, :class:`PlainTwin`: a :class:`~overhead.StepClock` that, right
+after each training step, trains a copy of the model with a copy of the loss and its own Adam 1e-3 on the same
+batch, as ``overhead.py``'s plain loop does (``zero_grad``, forward, loss, backward, ``step``), and records the CPU
+time of that step (main thread) beside the real one's. Both steps run under the same machine load, the same
+allocator settings and the same ``deterministic`` mode, less than a millisecond apart.
+
+Reported per dataset: the lower decile and the mean of the real steps and of the twin's, their ratios, and the
+paired ratio: the median (and quartiles) over steps of each real step's CPU time over its twin's. ``module
+overhead, paired`` is that median minus 1: what the project's module and Lightning's loop add to a plain step, as
+``overhead.py``'s ``module overhead`` defines it. The twin's steps fall between the real ones, so this fit's
+shares of time outside steps mean nothing; ``overhead.py`` measures those.
+
+The twin runs after the real step, on the batch that step has just read; the real step follows the twin's and
+the next batch's fetch. ``--control`` gives each step two twins, each with a model, loss and Adam of its own, one
+after the other, and compares the first with the second in place of the real step: what the method reads where
+both sides do the same work (one part of it: whether a step gains from following another on the same batch).
+
+Example::
+
+    python benchmarks/twin.py --datasets chase --data-dir ../shared/data --set data.init_args.num_workers=0
+    python benchmarks/twin.py --model-kwargs '{"channels": 128}' --data-dir ../shared/data   # a longer step
+    python benchmarks/twin.py --control --datasets chase --data-dir ../shared/data   # plain twin against plain twin
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import check_table_file, device_name, report_table  # noqa: E402
+from overhead import DATASETS, StepClock, add_fit_arguments, cpu, mean_ms, run_fit, size_label, step_cpu_ms  # noqa: E402
+from turns import quartiles  # noqa: E402
+
+HEADER = (
+    "| date | machine | dataset (fraction) | model, image sides | compared | steps "
+    "| step CPU ms, lower decile: first / second | ratio | step CPU ms, mean: first / second | ratio "
+    "| paired ratio, median (quartiles) | module overhead, paired |\n"
+    "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+class PlainTwin(StepClock):
+    """:class:`~overhead.StepClock` that trains ``twins`` copies of the model, each as a plain loop would, one after
+    the other right after each training step, on the same batch, and records the CPU seconds of their steps
+    (``twin_cpu``: one list per twin).
+
+    Args:
+        path: output file (JSON).
+        twins: copies trained after each step (2 for the control).
+    """
+
+    def __init__(self, path: str, twins: int = 1) -> None:
+        super().__init__(path)
+        self.twins = twins
+        self.twin_cpu: list[list[float]] = [[] for _ in range(twins)]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.plain = []
+        for _ in range(self.twins):
+            model = copy.deepcopy(pl_module.model).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            self.plain.append((model, copy.deepcopy(pl_module.loss), optimizer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # the real step ends here
+        with torch.enable_grad():
+            for (model, loss, optimizer), seconds in zip(self.plain, self.twin_cpu, strict=True):
+                start = cpu()
+                optimizer.zero_grad(set_to_none=True)
+                loss(model(batch["image"]), batch["mask"]).backward()
+                optimizer.step()
+                seconds.append(cpu() - start)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        record = json.loads(self.path.read_text())
+        self.path.write_text(json.dumps({**record, "twin_cpu": self.twin_cpu}))
+
+
+def paired_ratios(real: list[float], twin: list[float]) -> list[float]:
+    """Each real step's seconds over its twin's.
+
+    Raises:
+        ValueError: the two lists differ in length (a step without its twin), or a twin step took no time.
+    """
+    if len(real) != len(twin):
+        raise ValueError(f"{len(real)} real steps against {len(twin)} twin steps")
+    if not all(seconds > 0 for seconds in twin):
+        raise ValueError("a twin step took no CPU time: the clock's resolution is too coarse for this step")
+    return [a / b for a, b in zip(real, twin, strict=True)]
+
+
+def compared(clock: dict, control: bool) -> tuple[str, list[float], list[float]]:
+    """What a row compares, from a :class:`PlainTwin` record: the real steps and the twin's, or with ``control`` the
+    first twin's and the second's."""
+    if control:
+        first, second = clock["twin_cpu"]
+        return "plain twin / second plain twin", first, second
+    (twin,) = clock["twin_cpu"]
+    return "Lightning / plain twin", clock["step_cpu"], twin
+
+
+def row(date: str, machine: str, model: str, dataset: str, label: str, real: list[float], twin: list[float]) -> str:
+    ratios = paired_ratios(real, twin)
+    deciles = step_cpu_ms(real), step_cpu_ms(twin)
+    means = mean_ms(real), mean_ms(twin)
+    median = statistics.median(ratios)
+    cells = [
+        date,
+        machine,
+        f"{dataset} ({DATASETS[dataset][0]:g})",
+        model,
+        label,
+        f"{len(real)}",
+        f"{deciles[0]:.3f} / {deciles[1]:.3f}",
+        f"{deciles[0] / deciles[1]:.3f}",
+        f"{means[0]:.3f} / {means[1]:.3f}",
+        f"{means[0] / means[1]:.3f}",
+        f"{median:.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(ratios))})",
+        f"{median - 1:+.0%}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fit_arguments(parser)
+    parser.add_argument("--control", action="store_true", help="two plain twins, the first against the second")
+    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
+    parser.add_argument("--date", default=dt.date.today().isoformat())
+    args = parser.parse_args(argv)
+    if args.output is not None:
+        check_table_file(args.output, HEADER)
+    torch.set_num_threads(args.threads)  # the fit's, for the machine's name
+    machine = device_name(torch.device("cpu"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            clock = run_fit(dataset, args, Path(tmp) / dataset, "twin.PlainTwin", twins=2 if args.control else 1)
+            rows.append(row(args.date, machine, size_label(args), dataset, *compared(clock, args.control)))
+    report_table(HEADER, rows, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

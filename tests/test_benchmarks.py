@@ -316,6 +316,83 @@ def test_the_turns_benchmark_refuses_bad_arguments_before_any_fit(capsys, bad, m
     assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("control", "compared"), [(False, "Lightning / plain twin"), (True, "plain twin / second plain twin")]
+)
+def test_the_twin_benchmark_pairs_every_real_step_with_a_plain_one(tmp_path, require_data, control, compared):
+    """A real fit of 6 steps with its plain twin: the row's ratios follow from its step times."""
+    output = tmp_path / "twin.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "twin.py"), "--datasets", "chase", "--max-steps", "6"]
+    command += ["--val-check-interval", "3", "--data-dir", str(require_data), "--set", "data.init_args.num_workers=0"]
+    command += ["--output", str(output), "--date", "2000-01-01", *(["--control"] if control else [])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, rule, row = output.read_text().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == len(rule.strip("|").split("|"))
+    assert cells[:6] == ["2000-01-01", cells[1], "chase (0.25)", "tiny(channels=8), ÷8", compared, "6"]
+    for times, ratio in ((cells[6], cells[7]), (cells[8], cells[9])):
+        first, second = map(float, times.split(" / "))
+        assert float(ratio) == pytest.approx(first / second, abs=0.002 + 0.001 * first / second)
+    median, spread = cells[10].split(" (")
+    low, high = map(float, spread.rstrip(")").split(" – "))
+    assert low <= float(median) <= high and cells[11] == f"{float(median) - 1:+.0%}"
+
+
+def test_the_plain_twin_trains_its_own_copy_on_the_real_steps_batch(tmp_path):
+    """Each twin takes one Adam step on the batch after every real step; the real model is left alone."""
+    import torch
+
+    from lightning_seg.losses import build_loss
+    from lightning_seg.models import build_model
+
+    twin = load_benchmark("twin")
+    torch.manual_seed(0)
+    real = SimpleNamespace(model=build_model("tiny", 1, 2, channels=4), loss=build_loss("caml"))
+    before = [p.detach().clone() for p in real.model.parameters()]
+    clock = twin.PlainTwin(str(tmp_path / "clock.json"), twins=2)
+    trainer = SimpleNamespace(current_epoch=0, global_step=0)
+    clock.on_train_start(trainer, real)
+    batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 2, (2, 8, 8))}
+    for step in range(3):
+        clock.on_train_batch_start(trainer, real, batch, step)
+        clock.on_train_batch_end(trainer, real, None, batch, step)
+    assert len(clock.step_cpu) == 3 and [len(seconds) for seconds in clock.twin_cpu] == [3, 3]
+    for model, _, optimizer in clock.plain:
+        assert model is not real.model and optimizer.state_dict()["state"][0]["step"].item() == 3
+        assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    # the two twins start from the same weights and see the same batches: they stay equal
+    first, second = (list(model.parameters()) for model, _, _ in clock.plain)
+    assert all(torch.equal(p, q) for p, q in zip(first, second, strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(real.model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("real", "twin", "expected"),
+    [
+        ([2.0, 3.0], [1.0, 2.0], [2.0, 1.5]),
+        ([], [], []),
+        ([1.0], [1.0, 1.0], "1 real steps against 2 twin steps"),
+        ([1.0], [0.0], "a twin step took no CPU time"),
+    ],
+)
+def test_the_paired_ratios_are_per_step(real, twin, expected):
+    paired_ratios = load_benchmark("twin").paired_ratios
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            paired_ratios(real, twin)
+    else:
+        assert paired_ratios(real, twin) == expected
+
+
+def test_a_twin_record_compares_the_real_steps_or_the_two_twins():
+    compared = load_benchmark("twin").compared
+    clock = {"step_cpu": [3.0], "twin_cpu": [[2.0]]}
+    assert compared(clock, control=False) == ("Lightning / plain twin", [3.0], [2.0])
+    clock = {"step_cpu": [3.0], "twin_cpu": [[2.0], [1.0]]}
+    assert compared(clock, control=True) == ("plain twin / second plain twin", [2.0], [1.0])
+
+
 def test_the_alternating_clock_gives_each_block_of_steps_its_profiler(tmp_path):
     turns = load_benchmark("turns")
     callback = turns.Alternating(str(tmp_path / "clock.json"), block=3)

@@ -9,8 +9,11 @@ settings of ``--compare`` (:data:`COMPARISONS`) by turns, every ``--block`` step
 * ``profiler``: Lightning's ``PassThroughProfiler`` against the CLI's :class:`~lightning_seg.profilers.NullProfiler`
   (Lightning wraps every hook it calls in ``trainer.profiler.profile(name)``; how many per step: the
   ``NullProfiler``'s docstring);
-* ``hook-bookkeeping``: ``nn.Module.__setattr__`` against ``object.__setattr__`` for the hook names Lightning sets on
-  the module around each hook (:data:`lightning_seg.module.HOOK_BOOKKEEPING`).
+* ``hook-bookkeeping``: the module's ``__setattr__`` without and with its fast path for the hook names Lightning sets
+  on the module around each hook (:data:`lightning_seg.module.HOOK_BOOKKEEPING`); without it, the module's test of
+  the name runs before ``nn.Module.__setattr__``, a little more than a module without the fast path pays.
+* ``nonfinite-guard``: the configs' :class:`~lightning_seg.callbacks.NonFiniteGuard` (patience 1: a read of every
+  gradient and one verdict per step) against the guard turned off (patience 0).
 
 Both turns share the same run, batches and minutes of the machine, so whatever else the machine does falls on both
 alike. Reported: the lower decile and the mean step of each, their ratios, and the paired ratio
@@ -48,6 +51,7 @@ from models import check_table_file, device_name, report_table  # noqa: E402
 from overhead import DATASETS, StepClock, add_fit_arguments, mean_ms, run_fit, step_cpu_ms  # noqa: E402
 
 import lightning_seg.module  # noqa: E402
+from lightning_seg.callbacks import NonFiniteGuard  # noqa: E402
 from lightning_seg.profilers import NullProfiler  # noqa: E402
 
 
@@ -62,8 +66,20 @@ class Comparison(NamedTuple):
     apply: Callable[[object, object], None]
 
 
+#: the module's own hook bookkeeping, read once (a turn replaces the module's global)
+HOOK_BOOKKEEPING = lightning_seg.module.HOOK_BOOKKEEPING
+
+
 def _set_hook_bookkeeping(trainer, names: frozenset) -> None:
     lightning_seg.module.HOOK_BOOKKEEPING = names  # read by SegmentationModule.__setattr__ at every call
+
+
+def _set_guard_patience(trainer, patience: int) -> None:
+    guards = [callback for callback in trainer.callbacks if isinstance(callback, NonFiniteGuard)]
+    if not guards:
+        raise RuntimeError("turns.py: the fit has no NonFiniteGuard to turn off (--nonfinite.patience)")
+    for guard in guards:
+        guard.patience = patience
 
 
 #: what ``--compare`` chooses
@@ -75,8 +91,13 @@ COMPARISONS = {
     ),
     "hook-bookkeeping": Comparison(
         labels=("nn.Module.__setattr__", "object.__setattr__"),
-        make=lambda turn: (frozenset(), lightning_seg.module.HOOK_BOOKKEEPING)[turn],
+        make=lambda turn: (frozenset(), HOOK_BOOKKEEPING)[turn],
         apply=_set_hook_bookkeeping,
+    ),
+    "nonfinite-guard": Comparison(
+        labels=("NonFiniteGuard(patience=1)", "NonFiniteGuard(patience=0)"),
+        make=lambda turn: (1, 0)[turn],
+        apply=_set_guard_patience,
     ),
 }
 

@@ -5,26 +5,33 @@ this project's shared CPU two runs of one command differ by up to ±10 % per ste
 Here both run in one process, step after step. The real ``lightning-seg fit`` (as ``overhead.py`` runs it: the
 dataset's smallest fraction, the configs' step budget, callbacks and validations, the ``tiny`` model, image sides
 divided by ``--scale``) gets one extra callback, :class:`PlainTwin`: a :class:`~overhead.StepClock` that, right
-after each training step, trains a copy of the model with a copy of the loss and its own Adam 1e-3 on the same
-batch, as ``overhead.py``'s plain loop does (``zero_grad``, forward, loss, backward, ``step``), and records the CPU
-time of that step (main thread) beside the real one's. Both steps run under the same machine load, the same
-allocator settings and the same ``deterministic`` mode, less than a millisecond apart.
+after each training step (``--twin-first``: right before it), trains a copy of the model with a copy of the loss and
+its own Adam 1e-3 on the same batch, as ``overhead.py``'s plain loop does (``zero_grad``, forward, loss, backward,
+``step``), and records the CPU time of that step (main thread) beside the real one's. Both steps run under the same
+machine load, the same allocator settings and the same ``deterministic`` mode, less than a millisecond apart.
 
 Reported per dataset: the lower decile and the mean of the real steps and of the twin's, their ratios, and the
 paired ratio: the median (and quartiles) over steps of each real step's CPU time over its twin's. ``module
-overhead, paired`` is that median minus 1: what the project's module and Lightning's loop add to a plain step, as
-``overhead.py``'s ``module overhead`` defines it. The twin's steps fall between the real ones, so this fit's
-shares of time outside steps mean nothing; ``overhead.py`` measures those.
+overhead, paired`` is that median minus 1: what the project's module and Lightning's loop add to a plain step, the
+quantity of ``overhead.py``'s ``module overhead`` with another statistic (there the ratio of the lower deciles of
+two runs). The twin's steps fall between the real ones, so this fit's shares of time outside steps mean nothing;
+``overhead.py`` measures those.
 
-The twin runs after the real step, on the batch that step has just read; the real step follows the twin's and
-the next batch's fetch. ``--control`` gives each step two twins, each with a model, loss and Adam of its own, one
-after the other, and compares the first with the second in place of the real step: what the method reads where
-both sides do the same work (one part of it: whether a step gains from following another on the same batch).
+The order matters a little. After the step, the twin reads the batch the step has just read, and the real step
+follows the twin and the next batch's fetch; ``--twin-first`` turns that round (the twin after the fetch and the
+previous step's end, the real step on the batch the twin has just read). Rows of both orders bound what the order
+contributes. ``--control`` gives each step two twins (after it, or before it with ``--twin-first``), each with a
+model, loss and Adam of its own, and compares the first with the second in place of the real step: what the method
+reads where both sides do the same work, one after the other on the same batch.
+
+The twins draw no random numbers with the ``tiny`` model; a model with dropout would draw its masks from torch's
+global generator, and the real run's draws would then differ from a run without a twin.
 
 Example::
 
     python benchmarks/twin.py --datasets chase --data-dir ../shared/data --set data.init_args.num_workers=0
     python benchmarks/twin.py --model-kwargs '{"channels": 128}' --data-dir ../shared/data   # a longer step
+    python benchmarks/twin.py --twin-first --datasets chase --data-dir ../shared/data   # the twin before each step
     python benchmarks/twin.py --control --datasets chase --data-dir ../shared/data   # plain twin against plain twin
 """
 
@@ -44,7 +51,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
-from overhead import DATASETS, StepClock, add_fit_arguments, cpu, mean_ms, run_fit, size_label, step_cpu_ms  # noqa: E402
+from overhead import (  # noqa: E402
+    DATASETS,
+    StepClock,
+    add_fit_arguments,
+    cpu,
+    mean_ms,
+    run_fit,
+    size_label,
+    step_cpu_ms,
+)
 from turns import quartiles  # noqa: E402
 
 HEADER = (
@@ -57,17 +73,19 @@ HEADER = (
 
 class PlainTwin(StepClock):
     """:class:`~overhead.StepClock` that trains ``twins`` copies of the model, each as a plain loop would, one after
-    the other right after each training step, on the same batch, and records the CPU seconds of their steps
-    (``twin_cpu``: one list per twin).
+    the other right after each training step (or right before it), on the same batch, and records the CPU seconds
+    of their steps (``twin_cpu``: one list per twin). The clock's step excludes them.
 
     Args:
         path: output file (JSON).
-        twins: copies trained after each step (2 for the control).
+        twins: copies trained at each step (2 for the control).
+        first: train them before the step (after the other callbacks' ``on_train_batch_start``), not after it.
     """
 
-    def __init__(self, path: str, twins: int = 1) -> None:
+    def __init__(self, path: str, twins: int = 1, first: bool = False) -> None:
         super().__init__(path)
         self.twins = twins
+        self.first = first
         self.twin_cpu: list[list[float]] = [[] for _ in range(twins)]
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -78,8 +96,17 @@ class PlainTwin(StepClock):
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             self.plain.append((model, copy.deepcopy(pl_module.loss), optimizer))
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first:
+            self.train_twins(batch)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)  # the real step starts here
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # the real step ends here
+        if not self.first:
+            self.train_twins(batch)
+
+    def train_twins(self, batch: dict) -> None:
         with torch.enable_grad():
             for (model, loss, optimizer), seconds in zip(self.plain, self.twin_cpu, strict=True):
                 start = cpu()
@@ -107,14 +134,14 @@ def paired_ratios(real: list[float], twin: list[float]) -> list[float]:
     return [a / b for a, b in zip(real, twin, strict=True)]
 
 
-def compared(clock: dict, control: bool) -> tuple[str, list[float], list[float]]:
+def compared(clock: dict, control: bool, first: bool = False) -> tuple[str, list[float], list[float]]:
     """What a row compares, from a :class:`PlainTwin` record: the real steps and the twin's, or with ``control`` the
-    first twin's and the second's."""
+    first twin's and the second's; ``first``: the twins ran before each step."""
     if control:
-        first, second = clock["twin_cpu"]
-        return "plain twin / second plain twin", first, second
+        one, two = clock["twin_cpu"]
+        return "plain twin / second plain twin" + (", before the step" if first else ""), one, two
     (twin,) = clock["twin_cpu"]
-    return "Lightning / plain twin", clock["step_cpu"], twin
+    return "Lightning / plain twin" + (" before it" if first else ""), clock["step_cpu"], twin
 
 
 def row(date: str, machine: str, model: str, dataset: str, label: str, real: list[float], twin: list[float]) -> str:
@@ -143,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fit_arguments(parser)
     parser.add_argument("--control", action="store_true", help="two plain twins, the first against the second")
+    parser.add_argument("--twin-first", action="store_true", help="train the twins before each step, not after it")
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())
     args = parser.parse_args(argv)
@@ -153,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
-            clock = run_fit(dataset, args, Path(tmp) / dataset, "twin.PlainTwin", twins=2 if args.control else 1)
-            rows.append(row(args.date, machine, size_label(args), dataset, *compared(clock, args.control)))
+            twins = {"twins": 2 if args.control else 1, "first": args.twin_first}
+            clock = run_fit(dataset, args, Path(tmp) / dataset, "twin.PlainTwin", **twins)
+            label, real, twin = compared(clock, args.control, args.twin_first)
+            rows.append(row(args.date, machine, size_label(args), dataset, label, real, twin))
     report_table(HEADER, rows, args.output)
     return 0
 

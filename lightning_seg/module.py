@@ -142,9 +142,10 @@ class SegmentationModule(L.LightningModule):
         self.configure_metrics()
 
     def __setattr__(self, name: str, value) -> None:
-        # nn.Module.__setattr__ checks every value against Parameter, Module and the buffers (1.4 µs on this
-        # project's CPU, where object's takes 0.05): for Lightning's hook names alone, 40-75 µs of every step
-        # (benchmarks/README.md). A name or None cannot be a parameter, buffer or submodule, so nothing is skipped.
+        # nn.Module.__setattr__ checks every value against Parameter, Module and the buffers (1.4-1.6 µs a set on
+        # this project's CPU, 0.25 µs by this path): for Lightning's hook names, set about 40 times a step, 2-3 % of
+        # a short step (benchmarks/README.md, turns.py). nn.Module would store a name or None where this does, in
+        # __dict__, unless a parameter, buffer or submodule were registered under that name: Lightning never does.
         if name in HOOK_BOOKKEEPING and (value is None or type(value) is str):
             object.__setattr__(self, name, value)
         else:

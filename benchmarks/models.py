@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -44,6 +43,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lightning_seg.models import build_model  # noqa: E402
+from lightning_seg.run import cpu_info  # noqa: E402
 
 MODELS = ("unet", "transunet", "convformer_unet")
 #: ``--variants small``: the test-size versions (same topology, a few hundred thousand parameters).
@@ -63,12 +63,7 @@ def device_name(device: torch.device, per_run: bool = False) -> str:
     """The GPU's name, or the CPU's with its cores and torch's threads (``per_run``: of each packed run)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    name = cpu_info()["processor"]
     threads = torch.get_num_threads()
     return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 

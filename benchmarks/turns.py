@@ -48,7 +48,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
-from overhead import DATASETS, StepClock, add_fit_arguments, mean_ms, run_fit, step_cpu_ms  # noqa: E402
+from overhead import DATASETS, StepClock, add_fit_arguments, mean_ms, run_fit, size_label, step_cpu_ms  # noqa: E402
 
 import lightning_seg.module  # noqa: E402
 from lightning_seg.callbacks import NonFiniteGuard  # noqa: E402
@@ -109,9 +109,10 @@ def turn_labels(compare: str, control: bool) -> tuple[str, str]:
 
 
 HEADER = (
-    "| date | machine | dataset (fraction) | turns | steps each | step CPU ms, lower decile: first / second "
+    "| date | machine | dataset (fraction) | model, image sides | turns | steps each "
+    "| step CPU ms, lower decile: first / second "
     "| ratio | step CPU ms, mean: first / second | ratio | paired ratio, median (quartiles) | pairs |\n"
-    "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -183,7 +184,9 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return low, high
 
 
-def row(date: str, machine: str, turns: str, dataset: str, steps: tuple[list[float], ...], pairs: list[float]) -> str:
+def row(
+    date: str, machine: str, model: str, turns: str, dataset: str, steps: tuple[list[float], ...], pairs: list[float]
+) -> str:
     first, second = steps
     deciles = step_cpu_ms(first), step_cpu_ms(second)
     means = mean_ms(first), mean_ms(second)
@@ -191,6 +194,7 @@ def row(date: str, machine: str, turns: str, dataset: str, steps: tuple[list[flo
         date,
         machine,
         f"{dataset} ({DATASETS[dataset][0]:g})",
+        model,
         turns,
         f"{min(len(first), len(second))}",
         f"{deciles[0]:.3f} / {deciles[1]:.3f}",
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
-            rows.append(row(args.date, machine, turns, dataset, *run(dataset, args, Path(tmp) / dataset)))
+            steps, pairs = run(dataset, args, Path(tmp) / dataset)
+            rows.append(row(args.date, machine, size_label(args), turns, dataset, steps, pairs))
     report_table(HEADER, rows, args.output)
     return 0
 

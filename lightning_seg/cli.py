@@ -36,7 +36,7 @@ from .losses import LOSSES, SegmentationLoss
 from .models import MODELS
 from .module import SegmentationModule
 from .profilers import NullProfiler
-from .run import RUNS_ROOT, Records, RunFolder, RunFolderError, RunIdentity, import_object, object_path
+from .run import RUNS_ROOT, Records, RunFolder, RunFolderError, RunIdentity, import_object, machine, object_path
 
 #: Set to 1 for full tracebacks instead of one-line errors (same as ``--debug``).
 DEBUG_VARIABLE = "LIGHTNING_SEG_DEBUG"
@@ -487,7 +487,7 @@ class SegmentationCLI(LightningCLI):
         try:
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         except NonFiniteError as error:
-            folder.set_status("failed", reason=str(error))
+            folder.set_status("failed", reason=str(error), machine=machine(self.trainer.strategy.root_device))
             raise
         best = folder.best()
         folder.set_status(
@@ -495,6 +495,7 @@ class SegmentationCLI(LightningCLI):
             steps=self.trainer.global_step,
             epochs=self.trainer.current_epoch,
             checkpoint_writes=self.checkpoints.writes,
+            machine=machine(self.trainer.strategy.root_device),
         )
         if best is None:
             say(f"{folder.path}: trained {self.trainer.global_step} steps; no validation recorded a best checkpoint")

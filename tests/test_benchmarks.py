@@ -283,13 +283,13 @@ def test_the_turns_benchmark_alternates_two_settings_in_blocks_of_steps(tmp_path
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|")) == len(rule.strip("|").split("|"))
     assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and cells[2] == "chase (0.25)"
-    assert cells[3:5] == [turns, "4"]
-    for times, ratio in ((cells[5], cells[6]), (cells[7], cells[8])):
+    assert cells[3:6] == ["tiny(channels=8), ÷8", turns, "4"]
+    for times, ratio in ((cells[6], cells[7]), (cells[8], cells[9])):
         lightning, null = map(float, times.split(" / "))
         assert float(ratio) == pytest.approx(lightning / null, abs=0.002 + 0.001 * lightning / null)
-    median, spread = cells[9].split(" (")
+    median, spread = cells[10].split(" (")
     low, high = map(float, spread.rstrip(")").split(" – "))
-    assert low <= float(median) <= high and cells[10] == "3"  # 4 blocks of 2 steps, by turns: 3 neighbours
+    assert low <= float(median) <= high and cells[11] == "3"  # 4 blocks of 2 steps, by turns: 3 neighbours
 
 
 def test_the_paired_ratio_compares_every_two_neighbouring_blocks():

@@ -19,7 +19,7 @@ from lightning_seg.callbacks import CheckpointError, NonFiniteError
 from lightning_seg.cli import ConfigError, build_cli, main
 from lightning_seg.data import SyntheticDataModule
 from lightning_seg.evaluation import read_per_image
-from lightning_seg.run import Records, RunFolder, RunFolderError
+from lightning_seg.run import Records, RunFolder, RunFolderError, machine
 from tests.conftest import CONFIGS, REPO, SIGTERM_AFTER_STEP, SMALL_RUN, compose
 
 PAPER_LOSSES = ["ce", "dice", "additive", "ml", "caml", "caml_fixed_r"]
@@ -70,6 +70,7 @@ def test_fit_then_test_best_for_every_paper_loss(loss, tmp_path):
     assert record["ckpt_path"] == best["path"] and record["ckpt_step"] == best["step"]
     run = json.loads((root / Records.RUN).read_text())
     assert run["status"] == "trained" and run["keys"] == record["keys"] and run["steps"] == 6
+    assert run["machine"] == machine("cpu")  # the processor, torch's kernels and threads that trained it
 
 
 def test_a_checkpoint_path_does_not_override_the_config(tmp_path):

@@ -16,8 +16,10 @@ from lightning_seg.run import (
     RunIdentity,
     RunKeys,
     code_version,
+    cpu_info,
     find_run_folders,
     loss_label,
+    machine,
     model_label,
     settings_diff,
 )
@@ -224,3 +226,38 @@ def test_code_version_names_the_commit_and_whether_tracked_files_differ_from_it(
     assert code_version(tmp_path)["modified"] is False
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_version(tmp_path) == {**code_version(), "commit": head, "modified": True}
+
+
+EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            EPYC + "\n" + EPYC.replace("25", "23").replace("EPYC", "Other"),
+            {"processor": "AMD EPYC", "family/model": "25/17"},
+        ),
+        ("processor\t: 0\nmodel name\t: Some CPU\n", {"processor": "Some CPU", "family/model": None}),
+    ],
+)
+def test_cpu_info_reads_the_first_processor(tmp_path, text, expected):
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_info(tmp_path / "cpuinfo") == expected
+
+
+def test_cpu_info_without_the_file_names_the_platform(tmp_path, monkeypatch):
+    monkeypatch.setattr("platform.processor", lambda: "")
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert cpu_info(tmp_path / "missing") == {"processor": "x86_64", "family/model": None}
+
+
+def test_the_machine_names_the_kernels_and_a_gpu_only_for_a_cuda_device(monkeypatch):
+    import torch
+
+    record = machine()
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["torch"] == torch.__version__
+    assert record["threads"] == torch.get_num_threads() and record["gpu"] is None and machine("cpu") == record
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU {device.index}")
+    assert machine(torch.device("cuda", 1))["gpu"] == "GPU 1" and machine("cuda:0")["gpu"] == "GPU 0"
+    assert json.loads(json.dumps(record)) == record  # a JSON record as it is

@@ -360,7 +360,7 @@ def run_fit(dataset: str, args: argparse.Namespace, root: Path, clock: str, **cl
     :class:`StepClock`, importable from this folder) writing to ``root/clock.json``; that file's record.
 
     Raises:
-        RuntimeError: the fit failed (with the end of its output).
+        SystemExit: the fit failed: its own error line (or its last line of output), in one line.
     """
     clock_file = root / "clock.json"
     callback = json.dumps({"class_path": clock, "init_args": {"path": str(clock_file), **clock_args}})
@@ -370,8 +370,9 @@ def run_fit(dataset: str, args: argparse.Namespace, root: Path, clock: str, **cl
     with open(root / "stdout.log", "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(args), cwd=REPO)
     if done.returncode != 0:
-        tail = "\n".join((root / "stdout.log").read_text().splitlines()[-15:])
-        raise RuntimeError(f"the fit failed ({done.returncode}); the end of its output:\n{tail}")
+        lines = [line for line in (root / "stdout.log").read_text().splitlines() if line.strip()] or ["no output"]
+        said = [line for line in lines if line.startswith("lightning-seg: error:")] or lines
+        raise SystemExit(f"{Path(sys.argv[0]).name}: the {dataset} fit failed (exit {done.returncode}): {said[-1]}")
     return json.loads(clock_file.read_text())
 
 

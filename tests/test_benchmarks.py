@@ -365,6 +365,15 @@ def test_the_twin_benchmark_pairs_every_real_step_with_a_plain_one(tmp_path, req
     assert low <= float(median) <= high and abs(float(cells[11].rstrip("%")) - 100 * (float(median) - 1)) <= 0.56
 
 
+def test_a_failed_fit_ends_a_benchmark_with_the_fits_own_error_line(tmp_path):
+    twin = load_benchmark("twin")
+    with pytest.raises(SystemExit) as failed:
+        twin.main(["--datasets", "chase", "--data-dir", str(tmp_path / "none"), "--max-steps", "4"])
+    message = str(failed.value.code)
+    assert "\n" not in message and "the chase fit failed (exit 1): lightning-seg: error: " in message
+    assert f"dataset folder {tmp_path / 'none' / 'chase'} not found" in message
+
+
 @pytest.mark.parametrize("first", [False, True])
 def test_the_plain_twin_trains_its_own_copy_on_the_real_steps_batch(tmp_path, first):
     """Each twin takes one Adam step on the batch at every real step, outside the step's time; the real model is

@@ -19,8 +19,8 @@ two runs). The twin's steps fall between the real ones, so this fit's shares of 
 
 The order matters a little. After the step, the twin reads the batch the step has just read, and the real step
 follows the twin and the next batch's fetch; ``--twin-first`` turns that round (the twin after the fetch and the
-previous step's end, the real step on the batch the twin has just read). Rows of both orders bound what the order
-contributes. ``--control`` gives each step two twins (after it, or before it with ``--twin-first``), each with a
+previous step's end, the real step on the batch the twin has just read). Rows of both orders, from runs close in
+time, show what the order contributes. ``--control`` gives each step two twins (after it, or before it with ``--twin-first``), each with a
 model, loss and Adam of its own, and compares the first with the second in place of the real step: what the method
 reads where both sides do the same work, one after the other on the same batch.
 
@@ -79,7 +79,8 @@ class PlainTwin(StepClock):
     Args:
         path: output file (JSON).
         twins: copies trained at each step (2 for the control).
-        first: train them before the step (after the other callbacks' ``on_train_batch_start``), not after it.
+        first: train them before the step (after the config's callbacks' ``on_train_batch_start``, before the
+            CLI's own callbacks' and the module's, which fall inside the step), not after it.
     """
 
     def __init__(self, path: str, twins: int = 1, first: bool = False) -> None:

@@ -143,7 +143,7 @@ class SegmentationModule(L.LightningModule):
 
     def __setattr__(self, name: str, value) -> None:
         # nn.Module.__setattr__ checks every value against Parameter, Module and the buffers (1.4-1.6 µs a set on
-        # this project's CPU, 0.25 µs by this path): for Lightning's hook names, set about 40 times a step, 2-3 % of
+        # this project's CPU, 0.24 µs by this path): for Lightning's hook names, set about 40 times a step, 2-3 % of
         # a short step (benchmarks/README.md, turns.py). nn.Module would store a name or None where this does, in
         # __dict__, unless a parameter, buffer or submodule were registered under that name: Lightning never does.
         if name in HOOK_BOOKKEEPING and (value is None or type(value) is str):

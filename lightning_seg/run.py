@@ -484,7 +484,7 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict:
     """
     fields: dict[str, str] = {}
     try:
-        with open(path) as lines:
+        with open(path, errors="replace") as lines:
             for line in lines:
                 if not line.strip():
                     break  # the first processor's block ends
@@ -502,24 +502,27 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict:
 def machine(device: Any = None) -> dict:
     """What a run's numbers depend on besides its code and settings: the processor (:func:`cpu_info`), the instruction
     set of torch's CPU kernels (``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ...), torch's
-    version and intra-op threads, and the GPU's name when ``device`` is a CUDA device. Another processor's kernels
-    round differently, and a few hundred steps from scratch carry that into other weights: the same commit and
-    settings gave test mIoU 74.82 % on one AMD EPYC and 74.34 % on another (results/pilot-cpu/README.md).
+    version and intra-op threads, the ``device`` the run trained on, and that device's name when it is a CUDA device
+    this process has already used (asking an unused one would start CUDA here, which a fork after it cannot
+    inherit). Kernels round differently from one machine to another, and a few hundred steps from scratch carry
+    that into other weights: the same commit and settings, with one thread, gave test mIoU 74.82 % on this project's
+    machine of 2026-12-03 and 74.34 % on the one that ran the CPU pilot (results/pilot-cpu/README.md).
 
     Example:
         >>> sorted(machine())
-        ['cpu_capability', 'family/model', 'gpu', 'processor', 'threads', 'torch']
+        ['cpu_capability', 'device', 'family/model', 'gpu', 'processor', 'threads', 'torch']
     """
     import torch
 
     gpu = None
-    if device is not None and torch.device(device).type == "cuda":
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_initialized():
         gpu = torch.cuda.get_device_name(torch.device(device))
     return {
         **cpu_info(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": None if device is None else str(device),
         "gpu": gpu,
     }
 
@@ -614,9 +617,10 @@ class RunFolder:
             )
 
     def start(self, identity: RunIdentity) -> None:
-        """Record ``identity`` (first time) and the status ``training``."""
+        """Record ``identity`` (first time) and the status ``training``; the machine is recorded by the attempt that
+        ends the training (a resumed run may end on another)."""
         record = self.read(Records.RUN) or {**identity.record(), "created": _now(), "code": code_version()}
-        self.write(Records.RUN, {**record, "status": "training", "reason": None, "updated": _now()})
+        self.write(Records.RUN, {**record, "status": "training", "reason": None, "machine": None, "updated": _now()})
 
     def set_status(self, status: str, **fields: Any) -> None:
         record = self.read(Records.RUN)

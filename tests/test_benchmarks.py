@@ -393,6 +393,7 @@ def test_the_plain_twin_trains_its_own_copy_on_the_real_steps_batch(tmp_path, fi
     batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 2, (2, 8, 8))}
     for step in range(3):
         clock.on_train_batch_start(trainer, real, batch, step)
+        assert [len(seconds) for seconds in clock.twin_cpu] == [step + first] * 2  # before the step, or not yet
         clock.on_train_batch_end(trainer, real, None, batch, step)
     assert len(clock.step_cpu) == 3 and [len(seconds) for seconds in clock.twin_cpu] == [3, 3]
     # nothing runs between the clock's two hooks here: a twin inside the step's time would make it the longer

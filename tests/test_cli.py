@@ -427,6 +427,7 @@ def test_a_diverging_fit_exits_non_zero_naming_the_cause_and_records_no_best(tmp
     assert not (root / Records.BEST).exists() and not list(root.glob("checkpoints/*.ckpt"))
     run = json.loads((root / Records.RUN).read_text())
     assert run["status"] == "failed" and run["reason"].startswith("non-finite loss at step 1")
+    assert run["machine"]["device"] == "cpu" and run["machine"]["processor"] == machine()["processor"]
 
 
 # -------------------------------------------------------------------------------------------- errors

@@ -257,7 +257,21 @@ def test_the_machine_names_the_kernels_and_a_gpu_only_for_a_cuda_device(monkeypa
 
     record = machine()
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["torch"] == torch.__version__
-    assert record["threads"] == torch.get_num_threads() and record["gpu"] is None and machine("cpu") == record
+    assert record["threads"] == torch.get_num_threads() and record["gpu"] is record["device"] is None
+    assert machine("cpu") == {**record, "device": "cpu"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU {device.index}")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # asking would start CUDA in this process
+    assert machine("cuda:1") == {**record, "device": "cuda:1", "gpu": None}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert machine(torch.device("cuda", 1))["gpu"] == "GPU 1" and machine("cuda:0")["gpu"] == "GPU 0"
     assert json.loads(json.dumps(record)) == record  # a JSON record as it is
+
+
+def test_a_new_attempt_clears_the_machine_until_it_ends(tmp_path):
+    """The machine in run.json is the one of the attempt that ended the training, never an earlier attempt's."""
+    folder = RunFolder(tmp_path / "run")
+    folder.start(identity())
+    folder.set_status("trained", machine={"processor": "elsewhere"})
+    assert folder.read(Records.RUN)["machine"] == {"processor": "elsewhere"}
+    folder.start(identity())  # resumed, perhaps on another machine
+    assert folder.read(Records.RUN)["status"] == "training" and folder.read(Records.RUN)["machine"] is None

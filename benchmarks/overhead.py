@@ -9,12 +9,12 @@ GPU step (a few ms up to a few tens of ms on a CPU): the ``tiny`` model (two 3×
 image side divided by ``--scale`` (8: COVID-19 and CHASE at 32², Drosophila's 1024² sections at 128² with
 32² crops and tiles, so each split has the same number of samples as in the paper's setting).
 
-One extra callback, :class:`StepClock` (given on the command line, ``--trainer.callbacks+=``), stamps the
-training steps (``on_train_batch_start`` to ``on_train_batch_end``, after the config's callbacks' step hooks; the
-callbacks the CLI adds after them, the model size, the non-finite guard, the config's copy and the checkpoints,
-start a step inside it and end it outside), the validations, the checkpoint writes (``Trainer.save_checkpoint``), the sanity check, the test and the
-epoch of every step, in wall time and in CPU time of the main thread. The parent times the process from
-start to exit. A row gives:
+One extra callback, :class:`StepClock` (given on the command line, ``--trainer.callbacks+=``), stamps the training
+steps (``on_train_batch_start`` to ``on_train_batch_end``, after the config's callbacks' step hooks; the callbacks
+the CLI adds after them, the model size, the non-finite guard, the config's copy and the checkpoints, start a step
+inside it and end it outside), the validations, the checkpoint writes (``Trainer.save_checkpoint``), the sanity
+check, the test and the epoch of every step, in wall time and in CPU time of the main thread. The parent times the
+process from start to exit. A row gives:
 
 * ``step CPU ms, lower decile``: the training step in CPU time of the main thread, lower decile over the run's
   steps (:func:`step_cpu_ms`: a step without logging and without other tenants' share of the machine), for

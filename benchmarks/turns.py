@@ -184,12 +184,28 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return low, high
 
 
+def step_cells(first: list[float], second: list[float]) -> list[str]:
+    """The cells that compare two lists of step seconds (also ``twin.py``'s): the lower deciles in ms and their
+    ratio, the means in ms and their ratio."""
+    deciles = step_cpu_ms(first), step_cpu_ms(second)
+    means = mean_ms(first), mean_ms(second)
+    return [
+        f"{deciles[0]:.3f} / {deciles[1]:.3f}",
+        f"{deciles[0] / deciles[1]:.3f}",
+        f"{means[0]:.3f} / {means[1]:.3f}",
+        f"{means[0] / means[1]:.3f}",
+    ]
+
+
+def ratio_cell(ratios: list[float]) -> str:
+    """``median (lower quartile – upper quartile)`` of paired ratios, to three decimals (also ``twin.py``'s)."""
+    return f"{statistics.median(ratios):.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(ratios))})"
+
+
 def row(
     date: str, machine: str, model: str, turns: str, dataset: str, steps: tuple[list[float], ...], pairs: list[float]
 ) -> str:
     first, second = steps
-    deciles = step_cpu_ms(first), step_cpu_ms(second)
-    means = mean_ms(first), mean_ms(second)
     cells = [
         date,
         machine,
@@ -197,11 +213,8 @@ def row(
         model,
         turns,
         f"{min(len(first), len(second))}",
-        f"{deciles[0]:.3f} / {deciles[1]:.3f}",
-        f"{deciles[0] / deciles[1]:.3f}",
-        f"{means[0]:.3f} / {means[1]:.3f}",
-        f"{means[0] / means[1]:.3f}",
-        f"{statistics.median(pairs):.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(pairs))})",
+        *step_cells(first, second),
+        ratio_cell(pairs),
         f"{len(pairs)}",
     ]
     return "| " + " | ".join(cells) + " |"

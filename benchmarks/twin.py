@@ -20,9 +20,9 @@ two runs). The twin's steps fall between the real ones, so this fit's shares of 
 The order matters a little. After the step, the twin reads the batch the step has just read, and the real step
 follows the twin and the next batch's fetch; ``--twin-first`` turns that round (the twin after the fetch and the
 previous step's end, the real step on the batch the twin has just read). Rows of both orders, from runs close in
-time, show what the order contributes. ``--control`` gives each step two twins (after it, or before it with ``--twin-first``), each with a
-model, loss and Adam of its own, and compares the first with the second in place of the real step: what the method
-reads where both sides do the same work, one after the other on the same batch.
+time, show what the order contributes. ``--control`` gives each step two twins (after it, or before it with
+``--twin-first``), each with a model, loss and Adam of its own, and compares the first with the second in place of
+the real step: what the method reads where both sides do the same work, one after the other on the same batch.
 
 The twins draw no random numbers with the ``tiny`` model; a model with dropout would draw its masks from torch's
 global generator, and the real run's draws would then differ from a run without a twin.
@@ -56,12 +56,10 @@ from overhead import (  # noqa: E402
     StepClock,
     add_fit_arguments,
     cpu,
-    mean_ms,
     run_fit,
     size_label,
-    step_cpu_ms,
 )
-from turns import quartiles  # noqa: E402
+from turns import ratio_cell, step_cells  # noqa: E402
 
 HEADER = (
     "| date | machine | dataset (fraction) | model, image sides | compared | steps "
@@ -147,9 +145,6 @@ def compared(clock: dict, control: bool, first: bool = False) -> tuple[str, list
 
 def row(date: str, machine: str, model: str, dataset: str, label: str, real: list[float], twin: list[float]) -> str:
     ratios = paired_ratios(real, twin)
-    deciles = step_cpu_ms(real), step_cpu_ms(twin)
-    means = mean_ms(real), mean_ms(twin)
-    median = statistics.median(ratios)
     cells = [
         date,
         machine,
@@ -157,12 +152,9 @@ def row(date: str, machine: str, model: str, dataset: str, label: str, real: lis
         model,
         label,
         f"{len(real)}",
-        f"{deciles[0]:.3f} / {deciles[1]:.3f}",
-        f"{deciles[0] / deciles[1]:.3f}",
-        f"{means[0]:.3f} / {means[1]:.3f}",
-        f"{means[0] / means[1]:.3f}",
-        f"{median:.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(ratios))})",
-        f"{median - 1:+.0%}",
+        *step_cells(real, twin),
+        ratio_cell(ratios),
+        f"{statistics.median(ratios) - 1:+.0%}",
     ]
     return "| " + " | ".join(cells) + " |"
 

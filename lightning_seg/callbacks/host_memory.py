@@ -65,7 +65,8 @@ class HostMemoryReuse(L.Callback):
     back: freed blocks anywhere in its heap, and up to ``trim_threshold`` bytes at the top (with the CPU pilot's
     model and images, 12-33 MiB more resident memory at the peak, 1-3 %: benchmarks/README.md). The setting holds
     for the rest of the process (a test after the fit, later fits in a notebook) and for the loader workers it
-    forks; glibc has no way to read the old values back, and no longer adjusts the thresholds itself. Under ``LD_PRELOAD``-ed jemalloc or tcmalloc it changes nothing.
+    forks; glibc has no way to read the old values back, and no longer adjusts the thresholds itself. Under
+    ``LD_PRELOAD``-ed jemalloc or tcmalloc it changes nothing.
 
     It does nothing on a GPU (the tensors of a GPU step are not ``malloc``'s) or where the C library is not glibc. It
     changes how fast a run goes, never what it computes: a run's identity leaves it out

@@ -16,6 +16,9 @@ inside it and end it outside), the validations, the checkpoint writes (``Trainer
 check, the test and the epoch of every step, in wall time and in CPU time of the main thread. The parent times the
 process from start to exit. A row gives:
 
+* ``steps``: the run's training steps, and how many of them had a full batch where some did not (a pass's short
+  last batch, e.g. every third step of COVID-19 1/8 is a batch of one): every per-step figure below is taken over
+  the steps of full batches (:func:`full_batches`);
 * ``step CPU ms, lower decile``: the training step in CPU time of the main thread, lower decile over the run's
   steps (:func:`step_cpu_ms`: a step without logging and without other tenants' share of the machine), for
   Lightning, bare Lightning and the plain loop (below), and ``module overhead``, the ratio Lightning / plain
@@ -149,6 +152,8 @@ class StepClock(L.Callback):
         self.checkpoints: list[tuple[float, float]] = []
         #: CPU seconds of the main thread in each step, and at the start and end of training
         self.step_cpu: list[float] = []
+        #: images in each step's batch (:func:`full_batches`)
+        self.step_images: list[int] = []
         self.cpu: dict[str, float] = {}
         #: the process's minor page faults at the start and end of training
         self.faults: dict[str, int] = {}
@@ -192,6 +197,7 @@ class StepClock(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.steps.append((self._step_start, now(), trainer.current_epoch))
         self.step_cpu.append(cpu() - self._step_cpu)
+        self.step_images.append(batch_images(batch))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_start = now()
@@ -221,6 +227,7 @@ class StepClock(L.Callback):
             "validations": self.validations,
             "checkpoints": self.checkpoints,
             "step_cpu": self.step_cpu,
+            "step_images": self.step_images,
             "cpu": self.cpu,
             "faults": self.faults,
             "global_step": trainer.global_step,
@@ -288,6 +295,35 @@ def phases(clock: dict, process: tuple[float, float]) -> dict:
     }
 
 
+def batch_images(batch: dict) -> int:
+    """The images in a training batch: its masks' first dimension."""
+    return len(batch["mask"])
+
+
+def full_batches(values: list, images: list[int]) -> list:
+    """The entries of ``values`` (one per step) of the steps whose batch held as many images as the run's largest.
+
+    A pass over a training set whose size is not a multiple of the batch size ends in a short batch, and a step on
+    fewer images is a shorter step: COVID-19 1/8 has 9 slices, so one step in three is a batch of one, about half as
+    long as the others at 128 channels. Mixed into the per-step statistics, such steps become the lower decile and
+    raise a step's relative overhead; every per-step figure of these benchmarks is taken over full batches only (the
+    shares of time outside steps count every step).
+
+    Raises:
+        ValueError: the two lists differ in length.
+    """
+    if len(values) != len(images):
+        raise ValueError(f"{len(values)} steps against {len(images)} batch sizes")
+    full = max(images, default=0)
+    return [value for value, count in zip(values, images, strict=True) if count == full]
+
+
+def steps_cell(total: int, full: int) -> str:
+    """A row's count of steps: ``3600``, or ``3600 (2400 full)`` where short batches were left out of the per-step
+    figures (:func:`full_batches`)."""
+    return f"{total}" if full == total else f"{total} ({full} full)"
+
+
 def step_cpu_ms(step_cpu: list[float]) -> float:
     """The lower decile of the steps' CPU times, in ms (interpolated between the measured steps, never below the
     fastest): what a step itself costs. On a shared machine other tenants only ever add to a step, and their share
@@ -304,14 +340,16 @@ def mean_ms(seconds: list[float]) -> float:
 
 
 def cpu_phases(clock: dict) -> dict:
-    """The main thread's CPU time: the step (lower decile and mean), and the share of the training phase's CPU
-    outside steps."""
+    """The main thread's CPU time: the step of a full batch (lower decile and mean, and how many there were), and the
+    share of the training phase's CPU outside steps."""
     if not clock.get("step_cpu"):
         return {}
     train = clock["cpu"]["train_end"] - clock["cpu"]["train_start"]
+    full = full_batches(clock["step_cpu"], clock["step_images"])
     return {
-        "step_cpu_ms": step_cpu_ms(clock["step_cpu"]),
-        "step_cpu_mean_ms": mean_ms(clock["step_cpu"]),
+        "step_cpu_ms": step_cpu_ms(full),
+        "step_cpu_mean_ms": mean_ms(full),
+        "full_steps": len(full),
         "outside_cpu": 1 - sum(clock["step_cpu"]) / train,
         "faults_per_step": faults_per_step(clock["faults"], len(clock["step_cpu"])),
     }
@@ -421,7 +459,7 @@ def plain_worker(args: argparse.Namespace) -> None:
     HostMemoryReuse().apply()  # the configs' allocator setting, so that page faults are nobody's cost
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    durations, cpu_durations, step, epoch, start = [], [], 0, 0, now()
+    durations, cpu_durations, images, step, epoch, start = [], [], [], 0, 0, now()
     counts = {"train_start": faults()}
     while step < args.steps:
         loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch: a new epoch's draws
@@ -434,14 +472,15 @@ def plain_worker(args: argparse.Namespace) -> None:
             optimizer.step()
             durations.append(now() - t0)
             cpu_durations.append(cpu() - c0)
+            images.append(batch_images(batch))
             step += 1
             if step == args.steps:
                 break
     wall, counts["train_end"] = now() - start, faults()
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
     record["faults_per_step"] = faults_per_step(counts, step)
-    record["step_cpu_ms"] = step_cpu_ms(cpu_durations)
-    record["step_cpu_mean_ms"] = mean_ms(cpu_durations)
+    full = full_batches(cpu_durations, images)
+    record["step_cpu_ms"], record["step_cpu_mean_ms"] = step_cpu_ms(full), mean_ms(full)
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
 
 
@@ -484,8 +523,9 @@ def bare_worker(args: argparse.Namespace) -> None:
     trainer.fit(_BareModule(model, loss), train_dataloaders=loader)
     durations = [end - start for start, end, _ in clock.steps]
     train = clock.events["train_end"] - clock.events["train_start"]
-    record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": step_cpu_ms(clock.step_cpu)}
-    record["step_cpu_mean_ms"] = mean_ms(clock.step_cpu)
+    full = full_batches(clock.step_cpu, clock.step_images)
+    record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": step_cpu_ms(full)}
+    record["step_cpu_mean_ms"] = mean_ms(full)
     record["outside_train"] = 1 - sum(durations) / train
     record["faults_per_step"] = faults_per_step(clock.faults, len(clock.step_cpu))
     print(json.dumps(record))
@@ -526,7 +566,7 @@ def row(date: str, machine: str, model: str, dataset: str, lightning: dict, bare
         machine,
         f"{dataset} ({fraction:g})",
         model,
-        f"{lightning['steps']:.0f}",
+        steps_cell(round(lightning["steps"]), round(lightning["full_steps"])),
         f"{lightning['validations']:.0f}",
         f"{lightning['step_cpu_ms']:.2f} / {bare['step_cpu_ms']:.2f} / {plain['step_cpu_ms']:.2f}",
         f"{share['module']:+.0%}",

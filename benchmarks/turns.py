@@ -16,7 +16,9 @@ settings of ``--compare`` (:data:`COMPARISONS`) by turns, every ``--block`` step
   gradient and one verdict per step) against the guard turned off (patience 0).
 
 Both turns share the same run, batches and minutes of the machine, so whatever else the machine does falls on both
-alike. Reported: the lower decile and the mean step of each, their ratios, and the paired ratio
+alike. Reported, over the steps of full batches (:func:`~overhead.full_batches`: a pass's short last batch is a
+shorter step; ``steps each`` counts the full ones): the lower decile and the mean step of each, their ratios, and
+the paired ratio
 (:func:`paired_ratio`): over every two neighbouring blocks, the ratio of their median steps (first turn over
 second, whichever came first), its median and quartiles over all pairs. The step times of this project's CPU
 drift from minute to minute; the paired ratio compares steps less than a second apart. The default block of 7
@@ -48,7 +50,16 @@ from lightning.pytorch.profilers import PassThroughProfiler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
-from overhead import DATASETS, StepClock, add_fit_arguments, mean_ms, run_fit, size_label, step_cpu_ms  # noqa: E402
+from overhead import (  # noqa: E402
+    DATASETS,
+    StepClock,
+    add_fit_arguments,
+    full_batches,
+    mean_ms,
+    run_fit,
+    size_label,
+    step_cpu_ms,
+)
 
 import lightning_seg.module  # noqa: E402
 from lightning_seg.callbacks import NonFiniteGuard  # noqa: E402
@@ -163,17 +174,18 @@ def paired_ratio(labels: list[int], seconds: list[float]) -> list[float]:
 
 
 def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[tuple[list[float], list[float]], list[float]]:
-    """One fit; the CPU seconds of its steps in each turn, and the paired ratios."""
+    """One fit; the CPU seconds of its steps of full batches in each turn, and the paired ratios."""
     options = {"compare": args.compare, "block": args.block, "control": args.control}
     clock = run_fit(dataset, args, root, "turns.Alternating", **options)
+    labels, seconds = (full_batches(clock[key], clock["step_images"]) for key in ("labels", "step_cpu"))
     steps: tuple[list[float], list[float]] = ([], [])
-    for which, seconds in zip(clock["labels"], clock["step_cpu"], strict=True):
-        steps[which].append(seconds)
+    for which, value in zip(labels, seconds, strict=True):
+        steps[which].append(value)
     if not all(steps):
         raise SystemExit(
             f"turns.py: error: {len(clock['labels'])} steps fill less than two turns of --block {args.block}"
         )
-    return steps, paired_ratio(clock["labels"], clock["step_cpu"])
+    return steps, paired_ratio(labels, seconds)
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:

@@ -10,12 +10,13 @@ its own Adam 1e-3 on the same batch, as ``overhead.py``'s plain loop does (``zer
 ``step``), and records the CPU time of that step (main thread) beside the real one's. Both steps run under the same
 machine load, the same allocator settings and the same ``deterministic`` mode, less than a millisecond apart.
 
-Reported per dataset: the lower decile and the mean of the real steps and of the twin's, their ratios, and the
-paired ratio: the median (and quartiles) over steps of each real step's CPU time over its twin's. ``module
-overhead, paired`` is that median minus 1: what the project's module and Lightning's loop add to a plain step, the
-quantity of ``overhead.py``'s ``module overhead`` with another statistic (there the ratio of the lower deciles of
-two runs). The twin's steps fall between the real ones, so this fit's shares of time outside steps mean nothing;
-``overhead.py`` measures those.
+Reported per dataset, over the steps of full batches (:func:`~overhead.full_batches`; the ``steps`` cell says how
+many where a pass ends in a short batch): the lower decile and the mean of the real steps and of the twin's, their
+ratios, and the paired ratio: the median (and quartiles) over steps of each real step's CPU time over its twin's.
+``module overhead, paired`` is that median minus 1: what the project's module and Lightning's loop add to a plain
+step, the quantity of ``overhead.py``'s ``module overhead`` with another statistic (there the ratio of the lower
+deciles of two runs). The twin's steps fall between the real ones, so this fit's shares of time outside steps mean
+nothing; ``overhead.py`` measures those.
 
 The order matters a little. After the step, the twin reads the batch the step has just read, and the real step
 follows the twin and the next batch's fetch; ``--twin-first`` turns that round (the twin after the fetch and the
@@ -56,8 +57,10 @@ from overhead import (  # noqa: E402
     StepClock,
     add_fit_arguments,
     cpu,
+    full_batches,
     run_fit,
     size_label,
+    steps_cell,
 )
 from turns import ratio_cell, step_cells  # noqa: E402
 
@@ -135,15 +138,21 @@ def paired_ratios(real: list[float], twin: list[float]) -> list[float]:
 
 def compared(clock: dict, control: bool, first: bool = False) -> tuple[str, list[float], list[float]]:
     """What a row compares, from a :class:`PlainTwin` record: the real steps and the twin's, or with ``control`` the
-    first twin's and the second's; ``first``: the twins ran before each step."""
+    first twin's and the second's, those of full batches only (:func:`~overhead.full_batches`); ``first``: the twins
+    ran before each step."""
     if control:
+        label = "plain twin / second plain twin" + (", before the step" if first else "")
         one, two = clock["twin_cpu"]
-        return "plain twin / second plain twin" + (", before the step" if first else ""), one, two
-    (twin,) = clock["twin_cpu"]
-    return "Lightning / plain twin" + (" before it" if first else ""), clock["step_cpu"], twin
+    else:
+        label = "Lightning / plain twin" + (" before it" if first else "")
+        one, (two,) = clock["step_cpu"], clock["twin_cpu"]
+    return label, full_batches(one, clock["step_images"]), full_batches(two, clock["step_images"])
 
 
-def row(date: str, machine: str, model: str, dataset: str, label: str, real: list[float], twin: list[float]) -> str:
+def row(
+    date: str, machine: str, model: str, dataset: str, label: str, steps: int, real: list[float], twin: list[float]
+) -> str:
+    """A table row; ``steps``: the run's, of which ``real`` and ``twin`` hold those of full batches."""
     ratios = paired_ratios(real, twin)
     cells = [
         date,
@@ -151,7 +160,7 @@ def row(date: str, machine: str, model: str, dataset: str, label: str, real: lis
         f"{dataset} ({DATASETS[dataset][0]:g})",
         model,
         label,
-        f"{len(real)}",
+        steps_cell(steps, len(real)),
         *step_cells(real, twin),
         ratio_cell(ratios),
         f"{statistics.median(ratios) - 1:+.0%}",
@@ -177,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             twins = {"twins": 2 if args.control else 1, "first": args.twin_first}
             clock = run_fit(dataset, args, Path(tmp) / dataset, "twin.PlainTwin", **twins)
             label, real, twin = compared(clock, args.control, args.twin_first)
-            rows.append(row(args.date, machine, size_label(args), dataset, label, real, twin))
+            steps = len(clock["step_cpu"])
+            rows.append(row(args.date, machine, size_label(args), dataset, label, steps, real, twin))
     report_table(HEADER, rows, args.output)
     return 0
 

@@ -184,14 +184,18 @@ def test_step_clock_records_a_fit(tmp_path):
         enable_model_summary=False,
         callbacks=[clock, RunCheckpoint(monitor="val/miou", mode="max")],
     )
-    trainer.fit(SegmentationModule(model="tiny", loss="ce"), DataLoader(data, batch_size=2), DataLoader(data[:2]))
+    trainer.fit(SegmentationModule(model="tiny", loss="ce"), DataLoader(data, batch_size=3), DataLoader(data[:2]))
     record = json.loads((tmp_path / "clock.json").read_text())
     assert [epoch for *_, epoch in record["steps"]] == [0, 0, 1, 1, 2, 2]
+    assert record["step_images"] == [3, 1] * 3
     assert len(record["validations"]) == 2 and len(record["checkpoints"]) >= 1
     assert {"fit_start", "train_start", "train_end", "fit_end"} <= set(record["events"])
     p = overhead.phases(record, (record["events"]["fit_start"] - 1.0, record["events"]["fit_end"] + 1.0))
     assert p["steps"] == 6 and p["validations"] == 2 and 0 < p["outside_train"] < 1
     assert len(record["step_cpu"]) == 6 and p["step_cpu_ms"] > 0 and 0 < p["outside_cpu"] < 1
+    full = record["step_cpu"][::2]  # the per-step figures: the batches of 3 only
+    assert p["full_steps"] == 3 and p["step_cpu_mean_ms"] == pytest.approx(1000 * sum(full) / 3)
+    assert p["step_cpu_ms"] == pytest.approx(overhead.step_cpu_ms(full))
     faults = record["faults"]["train_end"] - record["faults"]["train_start"]
     assert faults >= 0 and p["faults_per_step"] == faults / 6
 
@@ -229,14 +233,16 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     output, records = tmp_path / "overhead.md", tmp_path / "overhead.jsonl"
     command = [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--datasets", "chase", "--repeats", "1"]
     command += ["--max-steps", "4", "--val-check-interval", "2", "--data-dir", str(require_data)]
-    command += ["--set", "data.init_args.num_workers=0", "--output", str(output), "--date", "2000-01-01"]
+    command += ["--set", "data.init_args.num_workers=0", "--set", "data.init_args.batch_size=3"]
+    command += ["--output", str(output), "--date", "2000-01-01"]
     done = subprocess.run(
         [*command, "--records", str(records)], capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     cells = one_row(output)
     assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and "1 thread)" in cells[1]
-    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", "4", "2"]
+    # chase 1/4's 4 images in batches of 3: every other step is a batch of one, left out of the per-step figures
+    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", "4 (2 full)", "2"]
     lightning, bare, plain = map(float, cells[6].split(" / "))
     assert min(lightning, bare, plain) > 0
     # the overheads are the ratios of the rounded step times shown, to their rounding
@@ -362,12 +368,13 @@ def test_the_twin_benchmark_pairs_every_real_step_with_a_plain_one(tmp_path, req
     output = tmp_path / "twin.md"
     command = [sys.executable, str(REPO / "benchmarks" / "twin.py"), "--datasets", "chase", "--max-steps", "6"]
     command += ["--val-check-interval", "3", "--data-dir", str(require_data), "--set", "data.init_args.num_workers=0"]
-    command += ["--output", str(output), "--date", "2000-01-01", *options]
+    command += ["--set", "data.init_args.batch_size=3", "--output", str(output), "--date", "2000-01-01", *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     cells = one_row(output)
     assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ")
-    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", compared, "6"]
+    # chase 1/4's 4 images in batches of 3: the batches of one are left out of the figures
+    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", compared, "6 (3 full)"]
     median = check_paired_cells(cells[6:11])
     # the overhead in whole per cent of the unrounded median, the median cell to three decimals
     assert abs(float(cells[11].rstrip("%")) - 100 * (median - 1)) <= 0.56
@@ -433,14 +440,51 @@ def test_the_paired_ratios_are_per_step(real, twin, expected):
         assert paired_ratios(real, twin) == expected
 
 
-def test_a_twin_record_compares_the_real_steps_or_the_two_twins():
+def test_a_twin_record_compares_the_real_steps_or_the_two_twins_of_full_batches():
     compared = load_benchmark("twin").compared
-    clock = {"step_cpu": [3.0], "twin_cpu": [[2.0]]}
-    assert compared(clock, control=False) == ("Lightning / plain twin", [3.0], [2.0])
-    assert compared(clock, control=False, first=True) == ("Lightning / plain twin before it", [3.0], [2.0])
-    clock = {"step_cpu": [3.0], "twin_cpu": [[2.0], [1.0]]}
+    clock = {"step_cpu": [3.0, 0.5, 4.0], "twin_cpu": [[2.0, 0.4, 3.0]], "step_images": [4, 1, 4]}
+    assert compared(clock, control=False) == ("Lightning / plain twin", [3.0, 4.0], [2.0, 3.0])
+    assert compared(clock, control=False, first=True) == ("Lightning / plain twin before it", [3.0, 4.0], [2.0, 3.0])
+    clock = {"step_cpu": [3.0, 0.5], "twin_cpu": [[2.0, 0.4], [1.0, 0.3]], "step_images": [4, 1]}
     assert compared(clock, control=True) == ("plain twin / second plain twin", [2.0], [1.0])
     assert compared(clock, control=True, first=True)[0] == "plain twin / second plain twin, before the step"
+
+
+@pytest.mark.parametrize(
+    ("values", "images", "expected"),
+    [
+        ([1.0, 2.0, 3.0], [4, 4, 4], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [4, 4, 1, 4, 4, 1], [1.0, 2.0, 4.0, 5.0]),  # COVID-19 1/8: 9 slices
+        ([0, 1, 0, 1], [2, 3, 2, 3], [1, 1]),  # the largest batch is the full one, wherever it falls
+        ([], [], []),
+        ([1.0], [4, 1], "1 steps against 2 batch sizes"),
+    ],
+)
+def test_per_step_figures_take_the_steps_of_full_batches(values, images, expected):
+    overhead = load_benchmark("overhead")
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            overhead.full_batches(values, images)
+    else:
+        assert overhead.full_batches(values, images) == expected
+
+
+@pytest.mark.parametrize(("total", "full", "cell"), [(3600, 3600, "3600"), (3600, 2400, "3600 (2400 full)")])
+def test_a_row_counts_the_steps_and_says_how_many_were_full(total, full, cell):
+    assert load_benchmark("overhead").steps_cell(total, full) == cell
+
+
+def test_the_turns_leave_the_short_batches_out_of_both_turns_and_the_pairs(tmp_path, monkeypatch):
+    turns = load_benchmark("turns")
+    clock = {
+        "labels": [0, 0, 0, 1, 1, 1, 0, 0, 0],
+        "step_cpu": [2.0, 2.0, 0.1, 1.0, 1.0, 0.1, 2.0, 2.0, 0.1],
+        "step_images": [4, 4, 1] * 3,
+    }
+    monkeypatch.setattr(turns, "run_fit", lambda *args, **kwargs: clock)
+    args = SimpleNamespace(compare="profiler", block=3, control=False)
+    steps, pairs = turns.run("covid19", args, tmp_path)
+    assert steps == ([2.0] * 4, [1.0] * 2) and pairs == [2.0, 2.0]
 
 
 def test_the_alternating_clock_gives_each_block_of_steps_its_profiler(tmp_path):

@@ -4,6 +4,7 @@ and validations counted in steps across epoch ends."""
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -146,3 +147,42 @@ def test_the_epoch_form_validates_after_every_epoch(tmp_path):
     assert len(cli.datamodule.train_dataloader()) == 3  # one pass
     assert cli.trainer.global_step == 9
     assert validation_steps(tmp_path) == [2, 5, 8]
+
+
+#: the short-batch table of docs/protocol.md: a cell (dataset, with "fold k" when one fold alone) and its columns
+SHORT_BATCH_ROW = re.compile(
+    r"^\| (?P<dataset>COVID-19|CHASE)(?: fold (?P<fold>\d))?,? (?P<fraction>full|1/\d) \| (?P<size>\d+) "
+    r"\| (?P<batches>[^|]+) \| (?P<short>\d+) \| (?P<share>[\d.]+) % \| (?P<images>[\d.]+) \|$"
+)
+
+
+def test_the_protocol_names_every_cell_whose_passes_end_in_a_short_batch(require_data):
+    """docs/protocol.md's table of the cells whose training set is not a multiple of the batch: each row as the data
+    modules make it (every fold, or the one named), and no other cell of the grids' fractions has a short batch."""
+    from lightning_seg.data import ChaseDataModule, Covid19DataModule, DrosophilaDataModule
+
+    modules = {"drosophila": DrosophilaDataModule, "covid19": Covid19DataModule, "chase": ChaseDataModule}
+    batch = yaml.safe_load((CONFIGS / "data" / "covid19.yaml").read_text())["data"]["init_args"]["batch_size"]
+    sizes = {
+        (name, fraction, fold): len(
+            module(data_dir=require_data, train_fraction=fraction, fold=fold).split_ids()["train"]
+        )
+        for name, module in modules.items()
+        for fraction in {1.0, *REDUCED[name]}
+        for fold in range(5)
+    }
+    short = {cell for cell, size in sizes.items() if size % batch}
+    documented = set()
+    text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
+    for match in filter(None, map(SHORT_BATCH_ROW.match, text.splitlines())):
+        name = {"COVID-19": "covid19", "CHASE": "chase"}[match["dataset"]]
+        fraction = 1.0 if match["fraction"] == "full" else 1 / int(match["fraction"][2:])
+        folds = range(5) if match["fold"] is None else [int(match["fold"])]
+        size = int(match["size"])
+        assert {sizes[name, fraction, fold] for fold in folds} == {size}, match[0]
+        steps = -(-size // batch)
+        assert match["batches"].strip() == f"{size // batch} of {batch}, 1 of {size % batch}", match[0]
+        assert int(match["short"]) == size % batch and match["share"] == f"{100 / steps:.1f}", match[0]
+        assert match["images"] == f"{size / steps:.2f}", match[0]
+        documented |= {(name, fraction, fold) for fold in folds}
+    assert documented == short

@@ -1,5 +1,6 @@
 """The benchmark scripts under benchmarks/: they run end to end in CPU smoke mode (nothing is timed here)."""
 
+import copy
 import importlib.util
 import json
 import re
@@ -691,3 +692,91 @@ def test_the_committed_overhead_records_are_drawable():
     points = plot.read_records(REPO / "benchmarks" / "results" / "overhead-steps.jsonl")
     assert sorted({p["dataset"] for p in points}) == ["chase", "covid19", "drosophila"] and len(points) == 12
     assert plot.model_labels([p["model"] for p in points])[1] == "tiny(channels=…), ÷8"
+
+
+@pytest.mark.parametrize(
+    ("compare", "compared"),
+    [("manual-optimization", "automatic / manual optimisation (Lightning)"), ("fabric", "Fabric / plain twin")],
+)
+def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, require_data, compare, compared):
+    """8 steps on chase 1/4's 4 images in batches of 3 (every other step a batch of one, left out of the figures)."""
+    output = tmp_path / "loops.md"
+    command = [sys.executable, str(REPO / "benchmarks" / "loops.py"), "--compare", compare, "--datasets", "chase"]
+    command += ["--steps", "8", "--block", "2", "--data-dir", str(require_data)]
+    command += ["--set", "data.init_args.num_workers=0", "--set", "data.init_args.batch_size=3"]
+    command += ["--output", str(output), "--date", "2000-01-01"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = one_row(output)
+    assert cells[0] == "2000-01-01" and cells[1].startswith("CPU ") and "1 thread)" in cells[1]
+    assert cells[2:6] == ["chase (0.25)", "tiny(channels=8), ÷8", compared, "8 (4 full)"]
+    check_paired_cells(cells[6:11])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--block", "0"], "--block must be ≥ 1, got 0"),
+        (["--steps", "14"], "--steps must exceed two blocks (14) for a pair of turns, got 14"),
+        (["--compare", "trainer"], "argument --compare: invalid choice: 'trainer'"),
+    ],
+)
+def test_the_loops_benchmark_refuses_bad_arguments_before_any_run(capsys, bad, message):
+    with pytest.raises(SystemExit) as refused:
+        load_benchmark("loops").main(["--datasets", "chase", *bad])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_manual_optimisation_by_turns_trains_as_automatic_optimisation_does(tmp_path):
+    """The same model, batches and Adam: a fit that switches kinds every step ends with the weights of a fit in
+    automatic optimisation alone, and stops at its own count of steps."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lightning_seg.losses import build_loss
+    from lightning_seg.models import build_model
+
+    loops = load_benchmark("loops")
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(1, 8, 8), "mask": torch.randint(0, 2, (8, 8))} for _ in range(6)]
+    model = build_model("tiny", 1, 2, channels=4)
+    fits = {}
+    for name in ("automatic", "by turns"):
+        module = loops.SwitchingModule(copy.deepcopy(model), build_loss("ce"))
+        clock = loops.OptimisationTurns(str(tmp_path / f"{name}.json"), steps=7, block=1 if name == "by turns" else 7)
+        trainer = L.Trainer(
+            max_steps=7, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[clock]
+        )
+        trainer.fit(module, DataLoader(data, batch_size=2))
+        fits[name] = (module, clock.labels)
+    (automatic, labels), (switching, turns) = fits["automatic"], fits["by turns"]
+    assert labels == [0] * 7 and turns == [0, 1, 0, 1, 0, 1, 0]
+    for p, q in zip(automatic.parameters(), switching.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), switching.parameters(), strict=True))
+
+
+def test_a_fabric_step_and_a_plain_step_do_the_same_arithmetic():
+    import lightning as L
+    import torch
+
+    from lightning_seg.losses import build_loss
+    from lightning_seg.models import build_model
+
+    loops = load_benchmark("loops")
+    torch.manual_seed(0)
+    plain = build_model("tiny", 1, 2, channels=4)
+    before = [p.detach().clone() for p in plain.parameters()]
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    twin = copy.deepcopy(plain)
+    wrapped, optimizer = fabric.setup(twin, torch.optim.Adam(twin.parameters(), lr=1e-3))
+    optimizer_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    loss = build_loss("caml")
+    for _ in range(3):
+        batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 2, (2, 8, 8))}
+        assert loops.timed_step(wrapped, loss, optimizer, batch, fabric.backward) > 0
+        assert loops.timed_step(plain, loss, optimizer_plain, batch, torch.Tensor.backward) > 0
+    for p, q in zip(wrapped.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert any(not torch.equal(p, q) for p, q in zip(twin.parameters(), before, strict=True))  # both stepped

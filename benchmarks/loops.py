@@ -1,0 +1,231 @@
+"""What a training loop costs per step: Lightning's automatic optimisation against its manual one, and Lightning
+Fabric against a plain loop, each paired within one process.
+
+On this project's CPU, Lightning's ``Trainer`` loop costs about 0.2-0.3 ms a step by itself (``overhead.py``,
+benchmarks/README.md): more than 15 % of a plain step of 1-2 ms, the overhead issue's target. Two ways to spend less
+and keep the ``lightning`` package measure here, on the model, loss and batches of a real fit (``overhead.py``'s:
+the dataset's smallest fraction, the ``tiny`` model, image sides divided by ``--scale``, loading in the process):
+
+* ``--compare manual-optimization``: a bare Lightning fit (``overhead.py``'s bare module: the model, the loss and
+  Adam 1e-3 in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar or validation) whose module
+  switches every ``--block`` steps between automatic optimisation (Lightning's closure and its ``optimizer_step``,
+  ``optimizer_zero_grad`` and backward hooks) and manual optimisation (``zero_grad``, ``manual_backward`` and
+  ``step`` in ``training_step``: the same arithmetic). Paired as ``turns.py`` pairs: over every two neighbouring
+  blocks, the ratio of their median steps (automatic over manual).
+* ``--compare fabric``: the model and Adam set up by ``lightning.Fabric`` (CPU, one process), a step being
+  ``zero_grad``, forward, loss, ``fabric.backward`` and ``step``; right after each, a plain copy of the model with
+  its own loss and Adam takes the same step on the same batch, as ``twin.py`` pairs them. Paired ratio: the median
+  of the per-step ratios (Fabric over plain).
+
+Times are CPU seconds of the main thread; every figure is taken over the steps of full batches
+(:func:`~overhead.full_batches`). Manual optimisation gives up what the ``Trainer`` does for automatic optimisation
+(gradient clipping and accumulation by config); a Fabric loop gives up the ``Trainer`` itself: its callbacks,
+checkpointing, logging and validation loop, which this project's runs use.
+
+Example::
+
+    python benchmarks/loops.py --compare manual-optimization --datasets chase --data-dir ../shared/data
+    python benchmarks/loops.py --compare fabric --scale 32 --model-kwargs '{"channels": 1}' --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import check_table_file, device_name, report_table  # noqa: E402
+from overhead import (  # noqa: E402
+    DATASETS,
+    StepClock,
+    _BareModule,
+    add_fit_arguments,
+    batch_images,
+    build_parts,
+    cpu,
+    full_batches,
+    size_label,
+    steps_cell,
+)
+from turns import paired_ratio, ratio_cell, step_cells  # noqa: E402
+from twin import paired_ratios  # noqa: E402
+
+from lightning_seg.callbacks import HostMemoryReuse  # noqa: E402
+from lightning_seg.profilers import NullProfiler  # noqa: E402
+
+HEADER = (
+    "| date | machine | dataset (fraction) | model, image sides | compared | steps "
+    "| step CPU ms, lower decile: first / second | ratio | step CPU ms, mean: first / second | ratio "
+    "| paired ratio, median (quartiles) |\n"
+    "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+class SwitchingModule(_BareModule):
+    """The bare module, optimised by Lightning's automatic optimisation or by its own ``training_step``
+    (``automatic_optimization = False``: zero the gradients, backward through Lightning, step), whichever
+    :attr:`automatic_optimization` says at the step."""
+
+    def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)  # as Lightning's optimizer_zero_grad hook does
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+class OptimisationTurns(StepClock):
+    """:class:`~overhead.StepClock` that gives the module automatic optimisation for ``block`` steps, then manual
+    for ``block``, and so on, records which (``labels``: 0 automatic, 1 manual), and ends the fit after ``steps``.
+
+    It counts the steps itself: Lightning keeps one count for each kind of optimisation and its ``global_step`` is
+    the count of the kind in use, so neither that nor ``max_steps`` follows a fit that switches.
+    """
+
+    def __init__(self, path: str, steps: int, block: int = 7) -> None:
+        super().__init__(path)
+        self.stop_after = steps
+        self.block = block
+        self.labels: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        manual = (len(self.labels) // self.block) % 2
+        pl_module.automatic_optimization = not manual
+        self.labels.append(manual)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if len(self.labels) == self.stop_after:
+            trainer.should_stop = True
+
+
+#: a run's result: its steps, how many had full batches, the CPU seconds of the two sides' steps of full batches, and
+#: the paired ratios
+Result = tuple[int, int, tuple[list[float], list[float]], list[float]]
+
+
+def manual_optimization(args: argparse.Namespace) -> Result:
+    """A bare fit by turns of automatic and manual optimisation; paired over neighbouring blocks."""
+    model, loss, loader, deterministic = build_parts(args)
+    clock = OptimisationTurns(str(Path(args.root) / "clock.json"), steps=args.steps, block=args.block)
+    trainer = L.Trainer(
+        max_steps=args.steps,  # never reached first: each kind's count is about half of the clock's
+        accelerator="cpu",
+        deterministic=deterministic,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock, HostMemoryReuse()],
+        profiler=NullProfiler(),
+    )
+    trainer.fit(SwitchingModule(model, loss), train_dataloaders=loader)
+    labels, seconds = (full_batches(values, clock.step_images) for values in (clock.labels, clock.step_cpu))
+    turns: tuple[list[float], list[float]] = ([], [])
+    for label, value in zip(labels, seconds, strict=True):
+        turns[label].append(value)
+    return len(clock.step_cpu), len(seconds), turns, paired_ratio(labels, seconds)
+
+
+def timed_step(model, loss, optimizer, batch: dict, backward) -> float:
+    """CPU seconds of one training step: ``zero_grad``, forward, loss, ``backward(loss)``, ``step``."""
+    start = cpu()
+    optimizer.zero_grad(set_to_none=True)
+    backward(loss(model(batch["image"]), batch["mask"]))
+    optimizer.step()
+    return cpu() - start
+
+
+def fabric_steps(args: argparse.Namespace) -> Result:
+    """A Fabric loop with a plain twin after each step; paired per step."""
+    model, loss, loader, _ = build_parts(args)
+    HostMemoryReuse().apply()  # the configs' allocator setting, as the other loops have it
+    twin, twin_loss = copy.deepcopy(model).train(), copy.deepcopy(loss)
+    twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-3)
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    fabric_model, optimizer = fabric.setup(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3))
+    seconds: tuple[list[float], list[float]] = ([], [])
+    images: list[int] = []
+    epoch = 0
+    while len(images) < args.steps:
+        loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+        epoch += 1
+        for batch in loader:
+            seconds[0].append(timed_step(fabric_model, loss, optimizer, batch, fabric.backward))
+            seconds[1].append(timed_step(twin, twin_loss, twin_optimizer, batch, torch.Tensor.backward))
+            images.append(batch_images(batch))
+            if len(images) == args.steps:
+                break
+    first, second = (full_batches(times, images) for times in seconds)
+    return len(images), len(first), (first, second), paired_ratios(first, second)
+
+
+#: what ``--compare`` chooses: the label of its rows and the run
+COMPARISONS = {
+    "manual-optimization": ("automatic / manual optimisation (Lightning)", manual_optimization),
+    "fabric": ("Fabric / plain twin", fabric_steps),
+}
+
+
+def row(date: str, machine: str, model: str, dataset: str, label: str, result: Result) -> str:
+    steps, full, turns, pairs = result
+    cells = [
+        date,
+        machine,
+        f"{dataset} ({DATASETS[dataset][0]:g})",
+        model,
+        label,
+        steps_cell(steps, full),
+        *step_cells(*turns),
+        ratio_cell(pairs),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fit_arguments(parser)
+    parser.add_argument("--compare", choices=list(COMPARISONS), default="manual-optimization")
+    parser.add_argument("--steps", type=int, default=2400, help="training steps of each run (default 2400)")
+    parser.add_argument("--block", type=int, default=7, help="manual-optimization: steps in a row of one kind")
+    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
+    parser.add_argument("--date", default=dt.date.today().isoformat())
+    args = parser.parse_args(argv)
+    if args.block < 1:
+        parser.error(f"--block must be ≥ 1, got {args.block}")
+    if args.steps <= 2 * args.block:
+        parser.error(f"--steps must exceed two blocks ({2 * args.block}) for a pair of turns, got {args.steps}")
+    if args.output is not None:
+        check_table_file(args.output, HEADER)
+    # as overhead.py's runs: one thread, and CUDA hidden, so that Adam's CUDA check costs nothing (benchmarks/README.md)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.set_num_threads(args.threads)
+    machine = device_name(torch.device("cpu"))
+    label, run = COMPARISONS[args.compare]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            one = argparse.Namespace(**{**vars(args), "datasets": [dataset], "root": str(Path(tmp) / dataset)})
+            Path(one.root).mkdir()
+            rows.append(row(args.date, machine, size_label(args), dataset, label, run(one)))
+    report_table(HEADER, rows, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

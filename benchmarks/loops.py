@@ -56,7 +56,7 @@ from overhead import (  # noqa: E402
     size_label,
     steps_cell,
 )
-from turns import paired_ratio, ratio_cell, step_cells  # noqa: E402
+from turns import by_turns, ratio_cell, step_cells  # noqa: E402
 from twin import paired_ratios  # noqa: E402
 
 from lightning_seg.callbacks import HostMemoryReuse  # noqa: E402
@@ -135,11 +135,10 @@ def manual_optimization(args: argparse.Namespace) -> Result:
         profiler=NullProfiler(),
     )
     trainer.fit(SwitchingModule(model, loss), train_dataloaders=loader)
-    labels, seconds = (full_batches(values, clock.step_images) for values in (clock.labels, clock.step_cpu))
-    turns: tuple[list[float], list[float]] = ([], [])
-    for label, value in zip(labels, seconds, strict=True):
-        turns[label].append(value)
-    return len(clock.step_cpu), len(seconds), turns, paired_ratio(labels, seconds)
+    turns, counts, pairs = by_turns(
+        {"labels": clock.labels, "step_cpu": clock.step_cpu, "step_images": clock.step_images}
+    )
+    return sum(counts), sum(map(len, turns)), turns, pairs
 
 
 def timed_step(model, loss, optimizer, batch: dict, backward) -> float:

@@ -17,8 +17,7 @@ check, the test and the epoch of every step, in wall time and in CPU time of the
 process from start to exit. A row gives:
 
 * ``steps``: the run's training steps, and how many of them had a full batch where some did not (a pass's short
-  last batch, e.g. every third step of COVID-19 1/8 is a batch of one): every per-step figure below is taken over
-  the steps of full batches (:func:`full_batches`);
+  last batch): every step time below is taken over the steps of full batches (:func:`full_batches`);
 * ``step CPU ms, lower decile``: the training step in CPU time of the main thread, lower decile over the run's
   steps (:func:`step_cpu_ms`: a step without logging and without other tenants' share of the machine), for
   Lightning, bare Lightning and the plain loop (below), and ``module overhead``, the ratio Lightning / plain
@@ -304,10 +303,10 @@ def full_batches(values: list, images: list[int]) -> list:
     """The entries of ``values`` (one per step) of the steps whose batch held as many images as the run's largest.
 
     A pass over a training set whose size is not a multiple of the batch size ends in a short batch, and a step on
-    fewer images is a shorter step: COVID-19 1/8 has 9 slices, so one step in three is a batch of one, about half as
-    long as the others at 128 channels. Mixed into the per-step statistics, such steps become the lower decile and
-    raise a step's relative overhead; every per-step figure of these benchmarks is taken over full batches only (the
-    shares of time outside steps count every step).
+    fewer images is a shorter step: COVID-19 1/8 has 9 slices, so one step in three is a batch of one
+    (docs/protocol.md lists such cells). Mixed into the step-time statistics, such steps become the lower decile and
+    raise a step's relative overhead; every step time of these benchmarks is taken over full batches only (shares of
+    time outside steps and page faults per step count every step).
 
     Raises:
         ValueError: the two lists differ in length.
@@ -318,10 +317,10 @@ def full_batches(values: list, images: list[int]) -> list:
     return [value for value, count in zip(values, images, strict=True) if count == full]
 
 
-def steps_cell(total: int, full: int) -> str:
-    """A row's count of steps: ``3600``, or ``3600 (2400 full)`` where short batches were left out of the per-step
-    figures (:func:`full_batches`)."""
-    return f"{total}" if full == total else f"{total} ({full} full)"
+def steps_cell(total: int, full: int, short: bool | None = None) -> str:
+    """A row's count of steps: ``3600``, or ``3600 (2400 full)`` where steps of short batches were left out of the
+    per-step figures (:func:`full_batches`): where ``short`` says so, by default where ``full`` is not ``total``."""
+    return f"{total} ({full} full)" if (full != total if short is None else short) else f"{total}"
 
 
 def step_cpu_ms(step_cpu: list[float]) -> float:
@@ -480,7 +479,11 @@ def plain_worker(args: argparse.Namespace) -> None:
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
     record["faults_per_step"] = faults_per_step(counts, step)
     full = full_batches(cpu_durations, images)
-    record["step_cpu_ms"], record["step_cpu_mean_ms"] = step_cpu_ms(full), mean_ms(full)
+    record["step_cpu_ms"], record["step_cpu_mean_ms"], record["full_steps"] = (
+        step_cpu_ms(full),
+        mean_ms(full),
+        len(full),
+    )
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
 
 
@@ -525,7 +528,7 @@ def bare_worker(args: argparse.Namespace) -> None:
     train = clock.events["train_end"] - clock.events["train_start"]
     full = full_batches(clock.step_cpu, clock.step_images)
     record = {"step_ms": 1000 * statistics.median(durations), "step_cpu_ms": step_cpu_ms(full)}
-    record["step_cpu_mean_ms"] = mean_ms(full)
+    record["step_cpu_mean_ms"], record["full_steps"] = mean_ms(full), len(full)
     record["outside_train"] = 1 - sum(durations) / train
     record["faults_per_step"] = faults_per_step(clock.faults, len(clock.step_cpu))
     print(json.dumps(record))

@@ -16,9 +16,8 @@ settings of ``--compare`` (:data:`COMPARISONS`) by turns, every ``--block`` step
   gradient and one verdict per step) against the guard turned off (patience 0).
 
 Both turns share the same run, batches and minutes of the machine, so whatever else the machine does falls on both
-alike. Reported, over the steps of full batches (:func:`~overhead.full_batches`: a pass's short last batch is a
-shorter step; ``steps each`` counts the full ones): the lower decile and the mean step of each, their ratios, and
-the paired ratio
+alike. Reported, over the steps of full batches (:func:`~overhead.full_batches`; ``steps each`` says how many where
+a pass ends in a short batch): the lower decile and the mean step of each, their ratios, and the paired ratio
 (:func:`paired_ratio`): over every two neighbouring blocks, the ratio of their median steps (first turn over
 second, whichever came first), its median and quartiles over all pairs. The step times of this project's CPU
 drift from minute to minute; the paired ratio compares steps less than a second apart. The default block of 7
@@ -59,6 +58,7 @@ from overhead import (  # noqa: E402
     run_fit,
     size_label,
     step_cpu_ms,
+    steps_cell,
 )
 
 import lightning_seg.module  # noqa: E402
@@ -157,35 +157,46 @@ class Alternating(StepClock):
         self.path.write_text(json.dumps({**record, "labels": self.labels}))
 
 
-def paired_ratio(labels: list[int], seconds: list[float]) -> list[float]:
+def paired_ratio(labels: list[int], seconds: list[float], images: list[int] | None = None) -> list[float]:
     """For every two neighbouring blocks (runs of steps in one turn), the ratio of the median step of the first
-    turn's block (label 0) to that of the second turn's (label 1), whichever came first."""
+    turn's block (label 0) to that of the second turn's (label 1), whichever came first. With ``images`` (each step's
+    batch), a block's median is over its steps of full batches (:func:`~overhead.full_batches`); the blocks stay
+    those the fit ran, and a block without a full batch pairs with neither neighbour."""
+    full = set(range(len(labels)) if images is None else full_batches(range(len(labels)), images))
     blocks: list[tuple[int, list[float]]] = []
-    for label, value in zip(labels, seconds, strict=True):
-        if blocks and blocks[-1][0] == label:
+    for index, (label, value) in enumerate(zip(labels, seconds, strict=True)):
+        if not blocks or blocks[-1][0] != label:
+            blocks.append((label, []))
+        if index in full:
             blocks[-1][1].append(value)
-        else:
-            blocks.append((label, [value]))
-    medians = [(label, statistics.median(values)) for label, values in blocks]
+    medians = [(label, statistics.median(values) if values else None) for label, values in blocks]
     return [
         (a_median / b_median) if a == 0 else (b_median / a_median)
         for (a, a_median), (b, b_median) in zip(medians, medians[1:], strict=False)
+        if a_median is not None and b_median is not None
     ]
 
 
-def run(dataset: str, args: argparse.Namespace, root: Path) -> tuple[tuple[list[float], list[float]], list[float]]:
-    """One fit; the CPU seconds of its steps of full batches in each turn, and the paired ratios."""
-    options = {"compare": args.compare, "block": args.block, "control": args.control}
-    clock = run_fit(dataset, args, root, "turns.Alternating", **options)
-    labels, seconds = (full_batches(clock[key], clock["step_images"]) for key in ("labels", "step_cpu"))
+def by_turns(clock: dict) -> tuple[tuple[list[float], list[float]], tuple[int, int], list[float]]:
+    """A record of turns (``labels``, ``step_cpu``, ``step_images``): the CPU seconds of each turn's steps of full
+    batches, each turn's number of steps (all batches), and the paired ratios (:func:`paired_ratio`)."""
+    labels, seconds, images = clock["labels"], clock["step_cpu"], clock["step_images"]
     steps: tuple[list[float], list[float]] = ([], [])
-    for which, value in zip(labels, seconds, strict=True):
-        steps[which].append(value)
+    for label, value in full_batches(list(zip(labels, seconds, strict=True)), images):
+        steps[label].append(value)
+    return steps, (labels.count(0), labels.count(1)), paired_ratio(labels, seconds, images)
+
+
+def run(dataset: str, args: argparse.Namespace, root: Path):
+    """One fit by turns: :func:`by_turns` of its record."""
+    options = {"compare": args.compare, "block": args.block, "control": args.control}
+    steps, counts, pairs = by_turns(run_fit(dataset, args, root, "turns.Alternating", **options))
     if not all(steps):
         raise SystemExit(
-            f"turns.py: error: {len(clock['labels'])} steps fill less than two turns of --block {args.block}"
+            f"turns.py: error: {sum(counts)} steps ({sum(map(len, steps))} of full batches) fill less than two "
+            f"turns of --block {args.block}"
         )
-    return steps, paired_ratio(labels, seconds)
+    return steps, counts, pairs
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -215,8 +226,16 @@ def ratio_cell(ratios: list[float]) -> str:
 
 
 def row(
-    date: str, machine: str, model: str, turns: str, dataset: str, steps: tuple[list[float], ...], pairs: list[float]
+    date: str,
+    machine: str,
+    model: str,
+    turns: str,
+    dataset: str,
+    steps: tuple[list[float], list[float]],
+    counts: tuple[int, int],
+    pairs: list[float],
 ) -> str:
+    """A table row; ``steps``: each turn's step seconds of full batches, ``counts``: each turn's steps."""
     first, second = steps
     cells = [
         date,
@@ -224,7 +243,7 @@ def row(
         f"{dataset} ({DATASETS[dataset][0]:g})",
         model,
         turns,
-        f"{min(len(first), len(second))}",
+        steps_cell(min(counts), min(len(first), len(second)), short=sum(counts) > len(first) + len(second)),
         *step_cells(first, second),
         ratio_cell(pairs),
         f"{len(pairs)}",
@@ -255,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
-            steps, pairs = run(dataset, args, Path(tmp) / dataset)
-            rows.append(row(args.date, machine, size_label(args), turns, dataset, steps, pairs))
+            steps, counts, pairs = run(dataset, args, Path(tmp) / dataset)
+            rows.append(row(args.date, machine, size_label(args), turns, dataset, steps, counts, pairs))
     report_table(HEADER, rows, args.output)
     return 0
 

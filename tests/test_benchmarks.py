@@ -261,6 +261,7 @@ def test_overhead_cpu_smoke(tmp_path, require_data):
     )
     runs = [record[k] for k in ("lightning", "bare", "plain")]
     assert all(len(r) == 1 for r in runs)
+    assert [r[0]["full_steps"] for r in runs] == [2, 2, 2]  # each side's step times: its batches of 3 only
     assert [f"{r[0]['step_cpu_ms']:.2f}" for r in runs] == cells[6].split(" / ")
     # the plot draws what the row shows
     (point,) = load_benchmark("overhead_plot").read_records(records)
@@ -470,22 +471,41 @@ def test_per_step_figures_take_the_steps_of_full_batches(values, images, expecte
         assert overhead.full_batches(values, images) == expected
 
 
-@pytest.mark.parametrize(("total", "full", "cell"), [(3600, 3600, "3600"), (3600, 2400, "3600 (2400 full)")])
-def test_a_row_counts_the_steps_and_says_how_many_were_full(total, full, cell):
-    assert load_benchmark("overhead").steps_cell(total, full) == cell
+@pytest.mark.parametrize(
+    ("total", "full", "short", "cell"),
+    [
+        (3600, 3600, None, "3600"),
+        (3600, 2400, None, "3600 (2400 full)"),
+        (1998, 1998, True, "1998 (1998 full)"),  # turns.py: the fewer steps of a turn, though the other lost some
+        (1998, 1332, False, "1998"),
+    ],
+)
+def test_a_row_counts_the_steps_and_says_how_many_were_full(total, full, short, cell):
+    assert load_benchmark("overhead").steps_cell(total, full, short) == cell
 
 
 def test_the_turns_leave_the_short_batches_out_of_both_turns_and_the_pairs(tmp_path, monkeypatch):
     turns = load_benchmark("turns")
+    # with the steps of one image, the blocks' medians would be 1.05, 1.0 and 1.05
     clock = {
-        "labels": [0, 0, 0, 1, 1, 1, 0, 0, 0],
-        "step_cpu": [2.0, 2.0, 0.1, 1.0, 1.0, 0.1, 2.0, 2.0, 0.1],
-        "step_images": [4, 4, 1] * 3,
+        "labels": [0, 0, 1, 1, 0, 0],
+        "step_cpu": [2.0, 0.1, 1.0, 1.0, 2.0, 0.1],
+        "step_images": [4, 1, 4, 4, 4, 1],
     }
     monkeypatch.setattr(turns, "run_fit", lambda *args, **kwargs: clock)
-    args = SimpleNamespace(compare="profiler", block=3, control=False)
-    steps, pairs = turns.run("covid19", args, tmp_path)
-    assert steps == ([2.0] * 4, [1.0] * 2) and pairs == [2.0, 2.0]
+    args = SimpleNamespace(compare="profiler", block=2, control=False)
+    steps, counts, pairs = turns.run("covid19", args, tmp_path)
+    assert steps == ([2.0, 2.0], [1.0, 1.0]) and counts == (4, 2) and pairs == [2.0, 2.0]
+    # steps each: the fewer of the two turns', marked where a turn lost steps of short batches
+    assert turns.row("d", "m", "tiny", "a / b", "covid19", steps, counts, pairs).split(" | ")[5] == "2 (2 full)"
+
+
+def test_a_block_without_a_full_batch_pairs_with_neither_neighbour():
+    """The blocks are those the fit ran: leaving a step out never joins the blocks on either side of it."""
+    paired_ratio = load_benchmark("turns").paired_ratio
+    labels, seconds = [0, 1, 0, 1, 0], [2.0, 0.1, 4.0, 1.0, 2.0]
+    assert paired_ratio(labels, seconds, [4, 1, 4, 4, 4]) == [4.0, 2.0]
+    assert paired_ratio(labels, seconds) == [20.0, 40.0, 4.0, 2.0]
 
 
 def test_the_alternating_clock_gives_each_block_of_steps_its_profiler(tmp_path):

@@ -162,7 +162,10 @@ def test_the_protocol_names_every_cell_whose_passes_end_in_a_short_batch(require
     from lightning_seg.data import ChaseDataModule, Covid19DataModule, DrosophilaDataModule
 
     modules = {"drosophila": DrosophilaDataModule, "covid19": Covid19DataModule, "chase": ChaseDataModule}
-    batch = yaml.safe_load((CONFIGS / "data" / "covid19.yaml").read_text())["data"]["init_args"]["batch_size"]
+    batches = {
+        name: yaml.safe_load((CONFIGS / "data" / f"{name}.yaml").read_text())["data"]["init_args"]["batch_size"]
+        for name in modules
+    }
     sizes = {
         (name, fraction, fold): len(
             module(data_dir=require_data, train_fraction=fraction, fold=fold).split_ids()["train"]
@@ -171,14 +174,14 @@ def test_the_protocol_names_every_cell_whose_passes_end_in_a_short_batch(require
         for fraction in {1.0, *REDUCED[name]}
         for fold in range(5)
     }
-    short = {cell for cell, size in sizes.items() if size % batch}
+    short = {cell for cell, size in sizes.items() if size % batches[cell[0]]}
     documented = set()
     text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
     for match in filter(None, map(SHORT_BATCH_ROW.match, text.splitlines())):
         name = {"COVID-19": "covid19", "CHASE": "chase"}[match["dataset"]]
         fraction = 1.0 if match["fraction"] == "full" else 1 / int(match["fraction"][2:])
         folds = range(5) if match["fold"] is None else [int(match["fold"])]
-        size = int(match["size"])
+        size, batch = int(match["size"]), batches[name]
         assert {sizes[name, fraction, fold] for fold in folds} == {size}, match[0]
         steps = -(-size // batch)
         assert match["batches"].strip() == f"{size // batch} of {batch}, 1 of {size % batch}", match[0]

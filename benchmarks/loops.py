@@ -17,10 +17,12 @@ the dataset's smallest fraction, the ``tiny`` model, image sides divided by ``--
   its own loss and Adam takes the same step on the same batch, as ``twin.py`` pairs them. Paired ratio: the median
   of the per-step ratios (Fabric over plain).
 
-Times are CPU seconds of the main thread; every figure is taken over the steps of full batches
-(:func:`~overhead.full_batches`). Manual optimisation gives up what the ``Trainer`` does for automatic optimisation
-(gradient clipping and accumulation by config); a Fabric loop gives up the ``Trainer`` itself: its callbacks,
-checkpointing, logging and validation loop, which this project's runs use.
+``--control`` runs the first side as the second: Lightning's automatic optimisation in both turns, or a plain loop
+against its plain twin; what the pairing reads where both sides do the same work. Times are CPU seconds of the main
+thread; every figure is taken over the steps of full batches (:func:`~overhead.full_batches`). Manual optimisation
+gives up what the ``Trainer`` does for automatic optimisation (gradient clipping and accumulation by config); a
+Fabric loop gives up the ``Trainer`` itself: its callbacks, checkpointing, logging and validation loop, which this
+project's runs use.
 
 Example::
 
@@ -89,21 +91,23 @@ class SwitchingModule(_BareModule):
 class OptimisationTurns(StepClock):
     """:class:`~overhead.StepClock` that gives the module automatic optimisation for ``block`` steps, then manual
     for ``block``, and so on, records which (``labels``: 0 automatic, 1 manual), and ends the fit after ``steps``.
+    ``control``: automatic optimisation in both turns.
 
     It counts the steps itself: Lightning keeps one count for each kind of optimisation and its ``global_step`` is
     the count of the kind in use, so neither that nor ``max_steps`` follows a fit that switches.
     """
 
-    def __init__(self, path: str, steps: int, block: int = 7) -> None:
+    def __init__(self, path: str, steps: int, block: int = 7, control: bool = False) -> None:
         super().__init__(path)
         self.stop_after = steps
         self.block = block
+        self.control = control
         self.labels: list[int] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        manual = (len(self.labels) // self.block) % 2
-        pl_module.automatic_optimization = not manual
-        self.labels.append(manual)
+        turn = (len(self.labels) // self.block) % 2
+        pl_module.automatic_optimization = self.control or not turn
+        self.labels.append(turn)
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -120,7 +124,7 @@ Result = tuple[int, int, tuple[list[float], list[float]], list[float]]
 def manual_optimization(args: argparse.Namespace) -> Result:
     """A bare fit by turns of automatic and manual optimisation; paired over neighbouring blocks."""
     model, loss, loader, deterministic = build_parts(args)
-    clock = OptimisationTurns(str(Path(args.root) / "clock.json"), steps=args.steps, block=args.block)
+    clock = OptimisationTurns(str(Path(args.root) / "clock.json"), args.steps, args.block, args.control)
     trainer = L.Trainer(
         max_steps=args.steps,  # never reached first: each kind's count is about half of the clock's
         accelerator="cpu",
@@ -151,13 +155,17 @@ def timed_step(model, loss, optimizer, batch: dict, backward) -> float:
 
 
 def fabric_steps(args: argparse.Namespace) -> Result:
-    """A Fabric loop with a plain twin after each step; paired per step."""
+    """A Fabric loop (``control``: a plain one) with a plain twin after each step; paired per step."""
     model, loss, loader, _ = build_parts(args)
     HostMemoryReuse().apply()  # the configs' allocator setting, as the other loops have it
     twin, twin_loss = copy.deepcopy(model).train(), copy.deepcopy(loss)
     twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-3)
-    fabric = L.Fabric(accelerator="cpu", devices=1)
-    fabric_model, optimizer = fabric.setup(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if args.control:
+        first_model, backward = model.train(), torch.Tensor.backward
+    else:
+        fabric = L.Fabric(accelerator="cpu", devices=1)
+        (first_model, optimizer), backward = fabric.setup(model.train(), optimizer), fabric.backward
     seconds: tuple[list[float], list[float]] = ([], [])
     images: list[int] = []
     epoch = 0
@@ -165,7 +173,7 @@ def fabric_steps(args: argparse.Namespace) -> Result:
         loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch
         epoch += 1
         for batch in loader:
-            seconds[0].append(timed_step(fabric_model, loss, optimizer, batch, fabric.backward))
+            seconds[0].append(timed_step(first_model, loss, optimizer, batch, backward))
             seconds[1].append(timed_step(twin, twin_loss, twin_optimizer, batch, torch.Tensor.backward))
             images.append(batch_images(batch))
             if len(images) == args.steps:
@@ -174,10 +182,13 @@ def fabric_steps(args: argparse.Namespace) -> Result:
     return len(images), len(first), (first, second), paired_ratios(first, second)
 
 
-#: what ``--compare`` chooses: the label of its rows and the run
+#: what ``--compare`` chooses: the labels of its rows (the comparison, the control) and the run
 COMPARISONS = {
-    "manual-optimization": ("automatic / manual optimisation (Lightning)", manual_optimization),
-    "fabric": ("Fabric / plain twin", fabric_steps),
+    "manual-optimization": (
+        ("automatic / manual optimisation (Lightning)", "automatic / automatic optimisation (Lightning)"),
+        manual_optimization,
+    ),
+    "fabric": (("Fabric / plain twin", "plain / plain twin"), fabric_steps),
 }
 
 
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", choices=list(COMPARISONS), default="manual-optimization")
     parser.add_argument("--steps", type=int, default=2400, help="training steps of each run (default 2400)")
     parser.add_argument("--block", type=int, default=7, help="manual-optimization: steps in a row of one kind")
+    parser.add_argument("--control", action="store_true", help="the first loop on both sides (an A/A run)")
     parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument("--date", default=dt.date.today().isoformat())
     args = parser.parse_args(argv)
@@ -215,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     torch.set_num_threads(args.threads)
     machine = device_name(torch.device("cpu"))
-    label, run = COMPARISONS[args.compare]
+    labels, run = COMPARISONS[args.compare]
+    label = labels[args.control]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:

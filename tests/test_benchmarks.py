@@ -715,13 +715,18 @@ def test_the_committed_overhead_records_are_drawable():
 
 
 @pytest.mark.parametrize(
-    ("compare", "compared"),
-    [("manual-optimization", "automatic / manual optimisation (Lightning)"), ("fabric", "Fabric / plain twin")],
+    ("options", "compared"),
+    [
+        (["--compare", "manual-optimization"], "automatic / manual optimisation (Lightning)"),
+        (["--compare", "manual-optimization", "--control"], "automatic / automatic optimisation (Lightning)"),
+        (["--compare", "fabric"], "Fabric / plain twin"),
+        (["--compare", "fabric", "--control"], "plain / plain twin"),
+    ],
 )
-def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, require_data, compare, compared):
+def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, require_data, options, compared):
     """8 steps on chase 1/4's 4 images in batches of 3 (every other step a batch of one, left out of the figures)."""
     output = tmp_path / "loops.md"
-    command = [sys.executable, str(REPO / "benchmarks" / "loops.py"), "--compare", compare, "--datasets", "chase"]
+    command = [sys.executable, str(REPO / "benchmarks" / "loops.py"), *options, "--datasets", "chase"]
     command += ["--steps", "8", "--block", "2", "--data-dir", str(require_data)]
     command += ["--set", "data.init_args.num_workers=0", "--set", "data.init_args.batch_size=3"]
     command += ["--output", str(output), "--date", "2000-01-01"]
@@ -772,6 +777,12 @@ def test_manual_optimisation_by_turns_trains_as_automatic_optimisation_does(tmp_
         fits[name] = (module, clock.labels)
     (automatic, labels), (switching, turns) = fits["automatic"], fits["by turns"]
     assert labels == [0] * 7 and turns == [0, 1, 0, 1, 0, 1, 0]
+    control = loops.OptimisationTurns(str(tmp_path / "control.json"), steps=7, block=1, control=True)
+    module = SimpleNamespace(automatic_optimization=True)
+    for step in range(3):
+        control.on_train_batch_start(None, module, {"mask": torch.zeros(2, 8, 8)}, step)
+        assert module.automatic_optimization  # the control's second turn is automatic too
+    assert control.labels == [0, 1, 0]
     for p, q in zip(automatic.parameters(), switching.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), switching.parameters(), strict=True))

@@ -1,17 +1,18 @@
 """What a training loop costs per step: Lightning's automatic optimisation against its manual one, and Lightning
 Fabric against a plain loop, each paired within one process.
 
-On this project's CPU, Lightning's ``Trainer`` loop costs about 0.2-0.3 ms a step by itself (``overhead.py``,
-benchmarks/README.md): more than 15 % of a plain step of 1-2 ms, the overhead issue's target. Two ways to spend less
-and keep the ``lightning`` package measure here, on the model, loss and batches of a real fit (``overhead.py``'s:
-the dataset's smallest fraction, the ``tiny`` model, image sides divided by ``--scale``, loading in the process):
+Lightning's ``Trainer`` loop costs a fixed part of every step that keeps the overhead issue's 15 % target out of
+reach at a step of 1-3 ms on this project's CPU (benchmarks/README.md, "The fixed cost"). Two ways to spend less and
+keep the ``lightning`` package measure here, on the model, loss and batches of a real fit (``overhead.py``'s: the
+dataset's smallest fraction, the ``tiny`` model, image sides divided by ``--scale``, loading in the process):
 
-* ``--compare manual-optimization``: a bare Lightning fit (``overhead.py``'s bare module: the model, the loss and
-  Adam 1e-3 in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar or validation) whose module
-  switches every ``--block`` steps between automatic optimisation (Lightning's closure and its ``optimizer_step``,
-  ``optimizer_zero_grad`` and backward hooks) and manual optimisation (``zero_grad``, ``manual_backward`` and
-  ``step`` in ``training_step``: the same arithmetic). Paired as ``turns.py`` pairs: over every two neighbouring
-  blocks, the ratio of their median steps (automatic over manual).
+* ``--compare manual-optimization``: a bare Lightning fit (``overhead.py``'s :class:`~overhead.BareModule`: the
+  model, the loss and Adam 1e-3 in a ``Trainer`` without callbacks, loggers, checkpoints, progress bar or validation)
+  whose module switches every ``--block`` steps between automatic optimisation and manual optimisation
+  (``zero_grad``, ``manual_backward`` and ``step`` in ``training_step``: the same arithmetic). What automatic
+  optimisation adds: its closure, the ``optimizer_step``, ``on_before_zero_grad`` and ``optimizer_zero_grad`` hooks
+  and its progress counts; the backward hooks and ``on_before_optimizer_step`` run in both. Paired as ``turns.py``
+  pairs: over every two neighbouring blocks, the ratio of their median steps (automatic over manual).
 * ``--compare fabric``: the model and Adam set up by ``lightning.Fabric`` (CPU, one process), a step being
   ``zero_grad``, forward, loss, ``fabric.backward`` and ``step``; right after each, a plain copy of the model with
   its own loss and Adam takes the same step on the same batch, as ``twin.py`` pairs them. Paired ratio: the median
@@ -19,10 +20,13 @@ the dataset's smallest fraction, the ``tiny`` model, image sides divided by ``--
 
 ``--control`` runs the first side as the second: Lightning's automatic optimisation in both turns, or a plain loop
 against its plain twin; what the pairing reads where both sides do the same work. Times are CPU seconds of the main
-thread; every figure is taken over the steps of full batches (:func:`~overhead.full_batches`). Manual optimisation
-gives up what the ``Trainer`` does for automatic optimisation (gradient clipping and accumulation by config); a
-Fabric loop gives up the ``Trainer`` itself: its callbacks, checkpointing, logging and validation loop, which this
-project's runs use.
+thread, over the steps of full batches (:func:`~overhead.full_batches`). ``steps`` counts the run's steps: shared
+by the two turns of ``manual-optimization``, each taken by both sides of ``fabric``.
+
+What each would give up: manual optimisation, the ``Trainer``'s gradient clipping and accumulation by config (no
+config of this project sets them; ``LightningModule.clip_gradients`` still works) and its stepping of a learning
+rate scheduler (which ``SegmentationModule`` accepts); a Fabric loop, the ``Trainer`` itself, whose hooks this
+project's callbacks (the non-finite guard, checkpoints, records), logging and validation rely on.
 
 Example::
 
@@ -38,6 +42,7 @@ import datetime as dt
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -48,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
     DATASETS,
+    BareModule,
     StepClock,
-    _BareModule,
     add_fit_arguments,
     batch_images,
     build_parts,
@@ -72,7 +77,7 @@ HEADER = (
 )
 
 
-class SwitchingModule(_BareModule):
+class SwitchingModule(BareModule):
     """The bare module, optimised by Lightning's automatic optimisation or by its own ``training_step``
     (``automatic_optimization = False``: zero the gradients, backward through Lightning, step), whichever
     :attr:`automatic_optimization` says at the step."""
@@ -81,7 +86,8 @@ class SwitchingModule(_BareModule):
         if self.automatic_optimization:
             return super().training_step(batch, batch_idx)
         optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)  # as Lightning's optimizer_zero_grad hook does
+        # set_to_none as Lightning's optimizer_zero_grad hook, which zeroes after the forward: the same arithmetic
+        optimizer.zero_grad(set_to_none=True)
         loss = super().training_step(batch, batch_idx)
         self.manual_backward(loss)
         optimizer.step()
@@ -126,7 +132,7 @@ def manual_optimization(args: argparse.Namespace) -> Result:
     model, loss, loader, deterministic = build_parts(args)
     clock = OptimisationTurns(str(Path(args.root) / "clock.json"), args.steps, args.block, args.control)
     trainer = L.Trainer(
-        max_steps=args.steps,  # never reached first: each kind's count is about half of the clock's
+        max_epochs=-1,  # the clock ends the fit: Lightning's step counts do not follow one that switches
         accelerator="cpu",
         deterministic=deterministic,
         logger=False,
@@ -139,13 +145,12 @@ def manual_optimization(args: argparse.Namespace) -> Result:
         profiler=NullProfiler(),
     )
     trainer.fit(SwitchingModule(model, loss), train_dataloaders=loader)
-    turns, counts, pairs = by_turns(
-        {"labels": clock.labels, "step_cpu": clock.step_cpu, "step_images": clock.step_images}
-    )
+    record = {"labels": clock.labels, "step_cpu": clock.step_cpu, "step_images": clock.step_images}
+    turns, counts, pairs = by_turns(record, args.block)
     return sum(counts), sum(map(len, turns)), turns, pairs
 
 
-def timed_step(model, loss, optimizer, batch: dict, backward) -> float:
+def timed_step(model, loss, optimizer, backward, batch: dict) -> float:
     """CPU seconds of one training step: ``zero_grad``, forward, loss, ``backward(loss)``, ``step``."""
     start = cpu()
     optimizer.zero_grad(set_to_none=True)
@@ -154,18 +159,28 @@ def timed_step(model, loss, optimizer, batch: dict, backward) -> float:
     return cpu() - start
 
 
+#: one side of a paired step: a model, its loss, its optimizer, and how to take the loss's backward
+Side = tuple[torch.nn.Module, Callable[..., torch.Tensor], torch.optim.Optimizer, Callable[[torch.Tensor], None]]
+
+
+def sides(model: torch.nn.Module, loss, control: bool = False) -> tuple[Side, Side]:
+    """The two sides of ``fabric``: ``model`` and ``loss`` with Adam 1e-3 set up by Fabric (``control``: as they
+    are), and a plain copy of both with its own Adam, sharing nothing with the first."""
+    twin = copy.deepcopy(model).train()
+    plain = (twin, copy.deepcopy(loss), torch.optim.Adam(twin.parameters(), lr=1e-3), torch.Tensor.backward)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if control:
+        return (model.train(), loss, optimizer, torch.Tensor.backward), plain
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    fabric_model, fabric_optimizer = fabric.setup(model.train(), optimizer)
+    return (fabric_model, loss, fabric_optimizer, fabric.backward), plain
+
+
 def fabric_steps(args: argparse.Namespace) -> Result:
     """A Fabric loop (``control``: a plain one) with a plain twin after each step; paired per step."""
     model, loss, loader, _ = build_parts(args)
     HostMemoryReuse().apply()  # the configs' allocator setting, as the other loops have it
-    twin, twin_loss = copy.deepcopy(model).train(), copy.deepcopy(loss)
-    twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    if args.control:
-        first_model, backward = model.train(), torch.Tensor.backward
-    else:
-        fabric = L.Fabric(accelerator="cpu", devices=1)
-        (first_model, optimizer), backward = fabric.setup(model.train(), optimizer), fabric.backward
+    first, second = sides(model, loss, args.control)
     seconds: tuple[list[float], list[float]] = ([], [])
     images: list[int] = []
     epoch = 0
@@ -173,13 +188,13 @@ def fabric_steps(args: argparse.Namespace) -> Result:
         loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch
         epoch += 1
         for batch in loader:
-            seconds[0].append(timed_step(first_model, loss, optimizer, batch, backward))
-            seconds[1].append(timed_step(twin, twin_loss, twin_optimizer, batch, torch.Tensor.backward))
+            seconds[0].append(timed_step(*first, batch))
+            seconds[1].append(timed_step(*second, batch))
             images.append(batch_images(batch))
             if len(images) == args.steps:
                 break
-    first, second = (full_batches(times, images) for times in seconds)
-    return len(images), len(first), (first, second), paired_ratios(first, second)
+    one, two = (full_batches(times, images) for times in seconds)
+    return len(images), len(one), (one, two), paired_ratios(one, two)
 
 
 #: what ``--compare`` chooses: the labels of its rows (the comparison, the control) and the run
@@ -193,6 +208,7 @@ COMPARISONS = {
 
 
 def row(date: str, machine: str, model: str, dataset: str, label: str, result: Result) -> str:
+    """A table row of one run's :data:`Result`."""
     steps, full, turns, pairs = result
     cells = [
         date,
@@ -219,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.block < 1:
         parser.error(f"--block must be ≥ 1, got {args.block}")
+    if args.max_steps is not None or args.val_check_interval is not None:
+        parser.error(
+            "--max-steps and --val-check-interval set a fit's trainer, which these loops do not use; give --steps"
+        )
     if args.steps <= 2 * args.block:
         parser.error(f"--steps must exceed two blocks ({2 * args.block}) for a pair of turns, got {args.steps}")
     if args.output is not None:

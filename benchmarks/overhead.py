@@ -319,8 +319,10 @@ def full_batches(values: list, images: list[int]) -> list:
 
 def steps_cell(total: int, full: int, short: bool | None = None) -> str:
     """A row's count of steps: ``3600``, or ``3600 (2400 full)`` where steps of short batches were left out of the
-    per-step figures (:func:`full_batches`): where ``short`` says so, by default where ``full`` is not ``total``."""
-    return f"{total} ({full} full)" if (full != total if short is None else short) else f"{total}"
+    step times (:func:`full_batches`): where ``short`` says so, by default where ``full`` is not ``total``."""
+    if short is None:
+        short = full != total
+    return f"{total} ({full} full)" if short else f"{total}"
 
 
 def step_cpu_ms(step_cpu: list[float]) -> float:
@@ -479,15 +481,11 @@ def plain_worker(args: argparse.Namespace) -> None:
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
     record["faults_per_step"] = faults_per_step(counts, step)
     full = full_batches(cpu_durations, images)
-    record["step_cpu_ms"], record["step_cpu_mean_ms"], record["full_steps"] = (
-        step_cpu_ms(full),
-        mean_ms(full),
-        len(full),
-    )
+    record.update(step_cpu_ms=step_cpu_ms(full), step_cpu_mean_ms=mean_ms(full), full_steps=len(full))
     print(json.dumps({**record, "wall": wall, "wall_per_step_ms": 1000 * wall / step}))
 
 
-class _BareModule(L.LightningModule):
+class BareModule(L.LightningModule):
     """Model, loss and Adam 1e-3 in Lightning's automatic optimisation, nothing else: no logging, no metrics."""
 
     def __init__(self, model, loss) -> None:
@@ -523,7 +521,7 @@ def bare_worker(args: argparse.Namespace) -> None:
         callbacks=[clock, HostMemoryReuse()],
         profiler=NullProfiler(),
     )
-    trainer.fit(_BareModule(model, loss), train_dataloaders=loader)
+    trainer.fit(BareModule(model, loss), train_dataloaders=loader)
     durations = [end - start for start, end, _ in clock.steps]
     train = clock.events["train_end"] - clock.events["train_start"]
     full = full_batches(clock.step_cpu, clock.step_images)

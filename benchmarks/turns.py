@@ -16,8 +16,9 @@ settings of ``--compare`` (:data:`COMPARISONS`) by turns, every ``--block`` step
   gradient and one verdict per step) against the guard turned off (patience 0).
 
 Both turns share the same run, batches and minutes of the machine, so whatever else the machine does falls on both
-alike. Reported, over the steps of full batches (:func:`~overhead.full_batches`; ``steps each`` says how many where
-a pass ends in a short batch): the lower decile and the mean step of each, their ratios, and the paired ratio
+alike. Reported, over the steps of full batches (:func:`~overhead.full_batches`; ``steps each``: the fewer of the
+two turns' steps, and of their full ones where a pass ends in a short batch): the lower decile and the mean step of
+each, their ratios, and the paired ratio
 (:func:`paired_ratio`): over every two neighbouring blocks, the ratio of their median steps (first turn over
 second, whichever came first), its median and quartiles over all pairs. The step times of this project's CPU
 drift from minute to minute; the paired ratio compares steps less than a second apart. The default block of 7
@@ -177,26 +178,33 @@ def paired_ratio(labels: list[int], seconds: list[float], images: list[int] | No
     ]
 
 
-def by_turns(clock: dict) -> tuple[tuple[list[float], list[float]], tuple[int, int], list[float]]:
-    """A record of turns (``labels``, ``step_cpu``, ``step_images``): the CPU seconds of each turn's steps of full
-    batches, each turn's number of steps (all batches), and the paired ratios (:func:`paired_ratio`)."""
+def by_turns(clock: dict, block: int) -> tuple[tuple[list[float], list[float]], tuple[int, int], list[float]]:
+    """A record of turns of ``block`` steps (``labels``, ``step_cpu``, ``step_images``): the CPU seconds of each
+    turn's steps of full batches, each turn's number of steps (all batches), and the paired ratios
+    (:func:`paired_ratio`).
+
+    Raises:
+        SystemExit: a turn has no step of a full batch, or no two neighbouring blocks have one each.
+    """
     labels, seconds, images = clock["labels"], clock["step_cpu"], clock["step_images"]
     steps: tuple[list[float], list[float]] = ([], [])
     for label, value in full_batches(list(zip(labels, seconds, strict=True)), images):
         steps[label].append(value)
-    return steps, (labels.count(0), labels.count(1)), paired_ratio(labels, seconds, images)
+    pairs = paired_ratio(labels, seconds, images)
+    if not all(steps) or not pairs:
+        raise SystemExit(
+            f"{Path(sys.argv[0]).name}: error: {len(labels)} steps ({sum(map(len, steps))} of full batches) fill "
+            f"less than two turns of --block {block} with full batches; give more steps or another --block"
+        )
+    return steps, (labels.count(0), labels.count(1)), pairs
 
 
-def run(dataset: str, args: argparse.Namespace, root: Path):
+def run(
+    dataset: str, args: argparse.Namespace, root: Path
+) -> tuple[tuple[list[float], list[float]], tuple[int, int], list[float]]:
     """One fit by turns: :func:`by_turns` of its record."""
     options = {"compare": args.compare, "block": args.block, "control": args.control}
-    steps, counts, pairs = by_turns(run_fit(dataset, args, root, "turns.Alternating", **options))
-    if not all(steps):
-        raise SystemExit(
-            f"turns.py: error: {sum(counts)} steps ({sum(map(len, steps))} of full batches) fill less than two "
-            f"turns of --block {args.block}"
-        )
-    return steps, counts, pairs
+    return by_turns(run_fit(dataset, args, root, "turns.Alternating", **options), args.block)
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:

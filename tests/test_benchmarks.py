@@ -744,6 +744,7 @@ def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, requ
         (["--block", "0"], "--block must be ≥ 1, got 0"),
         (["--steps", "14"], "--steps must exceed two blocks (14) for a pair of turns, got 14"),
         (["--compare", "trainer"], "argument --compare: invalid choice: 'trainer'"),
+        (["--max-steps", "100"], "--max-steps and --val-check-interval set a fit's trainer, which these loops do not"),
     ],
 )
 def test_the_loops_benchmark_refuses_bad_arguments_before_any_run(capsys, bad, message):
@@ -771,12 +772,20 @@ def test_manual_optimisation_by_turns_trains_as_automatic_optimisation_does(tmp_
         module = loops.SwitchingModule(copy.deepcopy(model), build_loss("ce"))
         clock = loops.OptimisationTurns(str(tmp_path / f"{name}.json"), steps=7, block=1 if name == "by turns" else 7)
         trainer = L.Trainer(
-            max_steps=7, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[clock]
+            max_epochs=-1,  # the clock alone ends the fit
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            callbacks=[clock],
         )
         trainer.fit(module, DataLoader(data, batch_size=2))
-        fits[name] = (module, clock.labels)
-    (automatic, labels), (switching, turns) = fits["automatic"], fits["by turns"]
+        loop = trainer.fit_loop.epoch_loop
+        steps = loop.automatic_optimization.optim_progress.optimizer_steps
+        fits[name] = (module, clock.labels, (steps, loop.manual_optimization.optim_step_progress.total.completed))
+    (automatic, labels, counts), (switching, turns, switching_counts) = fits["automatic"], fits["by turns"]
     assert labels == [0] * 7 and turns == [0, 1, 0, 1, 0, 1, 0]
+    assert counts == (7, 0) and switching_counts == (4, 3)  # the optimizer steps each kind took
     control = loops.OptimisationTurns(str(tmp_path / "control.json"), steps=7, block=1, control=True)
     module = SimpleNamespace(automatic_optimization=True)
     for step in range(3):
@@ -788,7 +797,8 @@ def test_manual_optimisation_by_turns_trains_as_automatic_optimisation_does(tmp_
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), switching.parameters(), strict=True))
 
 
-def test_a_fabric_step_and_a_plain_step_do_the_same_arithmetic():
+@pytest.mark.parametrize("control", [False, True])
+def test_the_fabric_sides_share_nothing_and_do_the_same_arithmetic(control):
     import lightning as L
     import torch
 
@@ -797,17 +807,31 @@ def test_a_fabric_step_and_a_plain_step_do_the_same_arithmetic():
 
     loops = load_benchmark("loops")
     torch.manual_seed(0)
-    plain = build_model("tiny", 1, 2, channels=4)
-    before = [p.detach().clone() for p in plain.parameters()]
-    fabric = L.Fabric(accelerator="cpu", devices=1)
-    twin = copy.deepcopy(plain)
-    wrapped, optimizer = fabric.setup(twin, torch.optim.Adam(twin.parameters(), lr=1e-3))
-    optimizer_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
-    loss = build_loss("caml")
+    model, loss = build_model("tiny", 1, 2, channels=4), build_loss("caml")
+    before = [p.detach().clone() for p in model.parameters()]
+    first, second = loops.sides(model, loss, control)
+    assert isinstance(first[0], L.fabric.wrappers._FabricModule) is not control
+    assert (first[3] is torch.Tensor.backward) is control and second[3] is torch.Tensor.backward
+    ids = [{id(p) for p in side[0].parameters()} for side in (first, second)]
+    assert not ids[0] & ids[1] and second[1] is not loss and first[2] is not second[2]
+    assert {id(p) for group in second[2].param_groups for p in group["params"]} == ids[1]
     for _ in range(3):
         batch = {"image": torch.randn(2, 1, 8, 8), "mask": torch.randint(0, 2, (2, 8, 8))}
-        assert loops.timed_step(wrapped, loss, optimizer, batch, fabric.backward) > 0
-        assert loops.timed_step(plain, loss, optimizer_plain, batch, torch.Tensor.backward) > 0
-    for p, q in zip(wrapped.parameters(), plain.parameters(), strict=True):
+        assert loops.timed_step(*first, batch) > 0 and loops.timed_step(*second, batch) > 0
+    for p, q in zip(first[0].parameters(), second[0].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    assert any(not torch.equal(p, q) for p, q in zip(twin.parameters(), before, strict=True))  # both stepped
+    assert any(not torch.equal(p, q) for p, q in zip(second[0].parameters(), before, strict=True))  # both stepped
+
+
+@pytest.mark.parametrize(
+    ("labels", "images", "message"),
+    [
+        ([0, 1, 0, 1], [3, 1, 3, 1], "4 steps (2 of full batches) fill less than two turns of --block 1"),
+        ([0, 0, 0, 0], [3, 3, 3, 3], "4 steps (4 of full batches) fill less than two turns of --block 4"),
+    ],
+)
+def test_turns_without_full_batches_on_both_sides_end_in_one_line(labels, images, message):
+    turns = load_benchmark("turns")
+    clock = {"labels": labels, "step_cpu": [1.0] * len(labels), "step_images": images}
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        turns.by_turns(clock, int(message.split("--block ")[1]))

@@ -67,6 +67,7 @@ from turns import by_turns, ratio_cell, step_cells  # noqa: E402
 from twin import paired_ratios  # noqa: E402
 
 from lightning_seg.callbacks import HostMemoryReuse  # noqa: E402
+from lightning_seg.cli import DEBUG_VARIABLE, EXPLAINED  # noqa: E402
 from lightning_seg.profilers import NullProfiler  # noqa: E402
 
 HEADER = (
@@ -254,7 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             one = argparse.Namespace(**{**vars(args), "datasets": [dataset], "root": str(Path(tmp) / dataset)})
             Path(one.root).mkdir()
-            rows.append(row(args.date, machine, size_label(args), dataset, label, run(one)))
+            try:
+                result = run(one)
+            except Exception as error:  # one line, as lightning-seg says it; the traceback on request
+                if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                    raise
+                said = str(error) if isinstance(error, EXPLAINED) else f"{type(error).__name__}: {error}"
+                raise SystemExit(
+                    f"loops.py: error: the {dataset} run failed: {said} (the traceback: {DEBUG_VARIABLE}=1)"
+                ) from None
+            rows.append(row(args.date, machine, size_label(args), dataset, label, result))
     report_table(HEADER, rows, args.output)
     return 0
 

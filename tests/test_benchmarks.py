@@ -738,6 +738,20 @@ def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, requ
     check_paired_cells(cells[6:11])
 
 
+def test_a_failed_loops_run_ends_in_one_line_naming_the_dataset(tmp_path, monkeypatch):
+    loops = load_benchmark("loops")
+    monkeypatch.delenv("LIGHTNING_SEG_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as failed:
+        loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
+    message = str(failed.value.code)
+    assert "\n" not in message and message.startswith("loops.py: error: the chase run failed: FileNotFoundError: ")
+    assert f"dataset folder {tmp_path / 'none' / 'chase'} not found" in message
+    assert message.endswith("(the traceback: LIGHTNING_SEG_DEBUG=1)")
+    monkeypatch.setenv("LIGHTNING_SEG_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [

@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
-    DATASETS,
     BareModule,
     StepClock,
     add_fit_arguments,
+    bare_trainer,
     batch_images,
     build_parts,
     cpu,
@@ -63,12 +63,11 @@ from overhead import (  # noqa: E402
     size_label,
     steps_cell,
 )
-from turns import by_turns, ratio_cell, step_cells  # noqa: E402
+from turns import by_turns, paired_row  # noqa: E402
 from twin import paired_ratios  # noqa: E402
 
 from lightning_seg.callbacks import HostMemoryReuse  # noqa: E402
 from lightning_seg.cli import DEBUG_VARIABLE, EXPLAINED  # noqa: E402
-from lightning_seg.profilers import NullProfiler  # noqa: E402
 
 HEADER = (
     "| date | machine | dataset (fraction) | model, image sides | compared | steps "
@@ -132,19 +131,8 @@ def manual_optimization(args: argparse.Namespace) -> Result:
     """A bare fit by turns of automatic and manual optimisation; paired over neighbouring blocks."""
     model, loss, loader, deterministic = build_parts(args)
     clock = OptimisationTurns(str(Path(args.root) / "clock.json"), args.steps, args.block, args.control)
-    trainer = L.Trainer(
-        max_epochs=-1,  # the clock ends the fit: Lightning's step counts do not follow one that switches
-        accelerator="cpu",
-        deterministic=deterministic,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[clock, HostMemoryReuse()],
-        profiler=NullProfiler(),
-    )
+    # the clock ends the fit: Lightning's step counts do not follow one that switches
+    trainer = bare_trainer(clock, deterministic, max_epochs=-1)
     trainer.fit(SwitchingModule(model, loss), train_dataloaders=loader)
     record = {"labels": clock.labels, "step_cpu": clock.step_cpu, "step_images": clock.step_images}
     turns, counts, pairs = by_turns(record, args.block)
@@ -210,18 +198,8 @@ COMPARISONS = {
 
 def row(date: str, machine: str, model: str, dataset: str, label: str, result: Result) -> str:
     """A table row of one run's :data:`Result`."""
-    steps, full, turns, pairs = result
-    cells = [
-        date,
-        machine,
-        f"{dataset} ({DATASETS[dataset][0]:g})",
-        model,
-        label,
-        steps_cell(steps, full),
-        *step_cells(*turns),
-        ratio_cell(pairs),
-    ]
-    return "| " + " | ".join(cells) + " |"
+    steps, full, seconds, pairs = result
+    return paired_row(date, machine, model, dataset, label, steps_cell(steps, full), seconds, pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,7 @@ from pathlib import Path
 import lightning as L
 
 from lightning_seg.callbacks import HostMemoryReuse
+from lightning_seg.profilers import NullProfiler
 from lightning_seg.run import code_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
@@ -501,15 +502,12 @@ class BareModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
-def bare_worker(args: argparse.Namespace) -> None:
-    """The same model, data and loss in a bare Lightning fit (no callbacks, loggers, checkpoints, progress bar
-    or validation): Lightning's own cost per step; prints one JSON line."""
-    from lightning_seg.profilers import NullProfiler
-
-    model, loss, loader, deterministic = build_parts(args)
-    clock = StepClock(str(Path(args.root) / "bare-clock.json"))
-    trainer = L.Trainer(
-        max_steps=args.steps,
+def bare_trainer(clock: StepClock, deterministic, **length) -> L.Trainer:
+    """A CPU ``Trainer`` with nothing of the project's but ``clock``, :class:`~lightning_seg.callbacks.HostMemoryReuse`
+    and the real run's profiler (the CLI's :class:`~lightning_seg.profilers.NullProfiler`): no loggers, checkpoints,
+    progress bar, model summary or validation. ``length``: ``max_steps`` or ``max_epochs``."""
+    return L.Trainer(
+        **length,
         accelerator="cpu",
         deterministic=deterministic,
         logger=False,
@@ -521,6 +519,14 @@ def bare_worker(args: argparse.Namespace) -> None:
         callbacks=[clock, HostMemoryReuse()],
         profiler=NullProfiler(),
     )
+
+
+def bare_worker(args: argparse.Namespace) -> None:
+    """The same model, data and loss in a bare Lightning fit (no callbacks, loggers, checkpoints, progress bar
+    or validation): Lightning's own cost per step; prints one JSON line."""
+    model, loss, loader, deterministic = build_parts(args)
+    clock = StepClock(str(Path(args.root) / "bare-clock.json"))
+    trainer = bare_trainer(clock, deterministic, max_steps=args.steps)
     trainer.fit(BareModule(model, loss), train_dataloaders=loader)
     durations = [end - start for start, end, _ in clock.steps]
     train = clock.events["train_end"] - clock.events["train_start"]

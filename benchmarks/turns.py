@@ -216,8 +216,8 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def step_cells(first: list[float], second: list[float]) -> list[str]:
-    """The cells that compare two lists of step seconds (also ``twin.py``'s): the lower deciles in ms and their
-    ratio, the means in ms and their ratio."""
+    """The cells that compare two lists of step seconds: the lower deciles in ms and their ratio, the means in ms and
+    their ratio."""
     deciles = step_cpu_ms(first), step_cpu_ms(second)
     means = mean_ms(first), mean_ms(second)
     return [
@@ -229,8 +229,26 @@ def step_cells(first: list[float], second: list[float]) -> list[str]:
 
 
 def ratio_cell(ratios: list[float]) -> str:
-    """``median (lower quartile – upper quartile)`` of paired ratios, to three decimals (also ``twin.py``'s)."""
+    """``median (lower quartile – upper quartile)`` of paired ratios, to three decimals."""
     return f"{statistics.median(ratios):.3f} ({' – '.join(f'{q:.3f}' for q in quartiles(ratios))})"
+
+
+def paired_row(
+    date: str,
+    machine: str,
+    model: str,
+    dataset: str,
+    compared: str,
+    steps: str,
+    seconds: tuple[list[float], list[float]],
+    ratios: list[float],
+    *more: str,
+) -> str:
+    """A row of a table that pairs two kinds of step in one run (this script's, ``twin.py``'s and ``loops.py``'s):
+    what produced it, what it compares, its ``steps`` cell, the two sides' step times (:func:`step_cells`), the
+    paired ratios (:func:`ratio_cell`), then the script's ``more`` cells."""
+    cells = [date, machine, f"{dataset} ({DATASETS[dataset][0]:g})", model, compared, steps]
+    return "| " + " | ".join([*cells, *step_cells(*seconds), ratio_cell(ratios), *more]) + " |"
 
 
 def row(
@@ -244,19 +262,9 @@ def row(
     pairs: list[float],
 ) -> str:
     """A table row; ``steps``: each turn's step seconds of full batches, ``counts``: each turn's steps."""
-    first, second = steps
-    cells = [
-        date,
-        machine,
-        f"{dataset} ({DATASETS[dataset][0]:g})",
-        model,
-        turns,
-        steps_cell(min(counts), min(len(first), len(second)), short=sum(counts) > len(first) + len(second)),
-        *step_cells(first, second),
-        ratio_cell(pairs),
-        f"{len(pairs)}",
-    ]
-    return "| " + " | ".join(cells) + " |"
+    full = min(len(seconds) for seconds in steps)
+    each = steps_cell(min(counts), full, short=sum(counts) > sum(map(len, steps)))
+    return paired_row(date, machine, model, dataset, turns, each, steps, pairs, f"{len(pairs)}")
 
 
 def main(argv: list[str] | None = None) -> int:

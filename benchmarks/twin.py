@@ -53,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
-    DATASETS,
     StepClock,
     add_fit_arguments,
     cpu,
@@ -62,7 +61,7 @@ from overhead import (  # noqa: E402
     size_label,
     steps_cell,
 )
-from turns import ratio_cell, step_cells  # noqa: E402
+from turns import paired_row  # noqa: E402
 
 HEADER = (
     "| date | machine | dataset (fraction) | model, image sides | compared | steps "
@@ -154,18 +153,10 @@ def row(
 ) -> str:
     """A table row; ``steps``: the run's, of which ``real`` and ``twin`` hold those of full batches."""
     ratios = paired_ratios(real, twin)
-    cells = [
-        date,
-        machine,
-        f"{dataset} ({DATASETS[dataset][0]:g})",
-        model,
-        label,
-        steps_cell(steps, len(real)),
-        *step_cells(real, twin),
-        ratio_cell(ratios),
-        f"{statistics.median(ratios) - 1:+.0%}",
-    ]
-    return "| " + " | ".join(cells) + " |"
+    overhead = f"{statistics.median(ratios) - 1:+.0%}"
+    return paired_row(
+        date, machine, model, dataset, label, steps_cell(steps, len(real)), (real, twin), ratios, overhead
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -741,8 +742,11 @@ def test_the_loops_benchmark_pairs_two_loops_on_a_real_fits_parts(tmp_path, requ
 def test_a_failed_loops_run_ends_in_one_line_naming_the_dataset(tmp_path, monkeypatch):
     loops = load_benchmark("loops")
     monkeypatch.delenv("LIGHTNING_SEG_DEBUG", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(SystemExit) as failed:
         loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
+    # only the script hides CUDA: a caller's process keeps its devices (Ray's GPU tests run in the same workers)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
     message = str(failed.value.code)
     assert "\n" not in message and message.startswith("loops.py: error: the chase run failed: FileNotFoundError: ")
     assert f"dataset folder {tmp_path / 'none' / 'chase'} not found" in message

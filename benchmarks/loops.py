@@ -202,6 +202,29 @@ def row(date: str, machine: str, model: str, dataset: str, label: str, result: R
     return paired_row(date, machine, model, dataset, label, steps_cell(steps, full), seconds, pairs)
 
 
+def measure(args: argparse.Namespace) -> list[str]:
+    """The table's rows: one run of the comparison per dataset, each ended in one line if it fails."""
+    machine = device_name(torch.device("cpu"))
+    labels, run = COMPARISONS[args.compare]
+    label = labels[args.control]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            one = argparse.Namespace(**{**vars(args), "datasets": [dataset], "root": str(Path(tmp) / dataset)})
+            Path(one.root).mkdir()
+            try:
+                result = run(one)
+            except Exception as error:  # one line, as lightning-seg says it; the traceback on request
+                if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                    raise
+                said = str(error) if isinstance(error, EXPLAINED) else f"{type(error).__name__}: {error}"
+                raise SystemExit(
+                    f"loops.py: error: the {dataset} run failed: {said} (the traceback: {DEBUG_VARIABLE}=1)"
+                ) from None
+            rows.append(row(args.date, machine, size_label(args), dataset, label, result))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fit_arguments(parser)
@@ -222,25 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must exceed two blocks ({2 * args.block}) for a pair of turns, got {args.steps}")
     if args.output is not None:
         check_table_file(args.output, HEADER)
-    torch.set_num_threads(args.threads)
-    machine = device_name(torch.device("cpu"))
-    labels, run = COMPARISONS[args.compare]
-    label = labels[args.control]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for dataset in args.datasets:
-            one = argparse.Namespace(**{**vars(args), "datasets": [dataset], "root": str(Path(tmp) / dataset)})
-            Path(one.root).mkdir()
-            try:
-                result = run(one)
-            except Exception as error:  # one line, as lightning-seg says it; the traceback on request
-                if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
-                    raise
-                said = str(error) if isinstance(error, EXPLAINED) else f"{type(error).__name__}: {error}"
-                raise SystemExit(
-                    f"loops.py: error: the {dataset} run failed: {said} (the traceback: {DEBUG_VARIABLE}=1)"
-                ) from None
-            rows.append(row(args.date, machine, size_label(args), dataset, label, result))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # the loops run in this process; set back for a caller (a test)
+    try:
+        rows = measure(args)
+    finally:
+        torch.set_num_threads(previous)
     report_table(HEADER, rows, args.output)
     return 0
 

@@ -59,12 +59,13 @@ HEADER = (
 )
 
 
-def device_name(device: torch.device, per_run: bool = False) -> str:
-    """The GPU's name, or the CPU's with its cores and torch's threads (``per_run``: of each packed run)."""
+def device_name(device: torch.device, per_run: bool = False, threads: int | None = None) -> str:
+    """The GPU's name, or the CPU's with its cores and the threads of torch (``threads``: of the runs the row
+    measures, when they are other processes; default: this process's; ``per_run``: of each packed run)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = cpu_info()["processor"]
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else threads
     return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 
 

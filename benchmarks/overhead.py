@@ -665,8 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         check_records_file(args.records, args.output)
     import torch
 
-    torch.set_num_threads(args.threads)  # the runs', for the machine's name
-    machine, model, code = device_name(torch.device("cpu")), size_label(args), code_version(REPO)
+    machine, model, code = device_name(torch.device("cpu"), threads=args.threads), size_label(args), code_version(REPO)
     command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     print(machine, model, flush=True)
     rows = []

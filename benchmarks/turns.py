@@ -284,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-steps must exceed --block ({args.block}) for both turns to run, got {args.max_steps}")
     if args.output is not None:
         check_table_file(args.output, HEADER)
-    torch.set_num_threads(args.threads)  # the fit's, for the machine's name
-    machine = device_name(torch.device("cpu"))
+    machine = device_name(torch.device("cpu"), threads=args.threads)
     turns = " / ".join(turn_labels(args.compare, args.control))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.output is not None:
         check_table_file(args.output, HEADER)
-    torch.set_num_threads(args.threads)  # the fit's, for the machine's name
-    machine = device_name(torch.device("cpu"))
+    machine = device_name(torch.device("cpu"), threads=args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:

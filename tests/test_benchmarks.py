@@ -10,6 +10,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -706,6 +707,16 @@ def test_overhead_plot_labels_a_point_with_what_tells_its_model_apart(models, la
     assert load_benchmark("overhead_plot").model_labels(models) == (labels, whole)
 
 
+@pytest.mark.parametrize(("threads", "named"), [(1, "1 thread)"), (3, "3 threads)"), (None, None)])
+def test_a_cpu_row_names_the_threads_of_the_runs_it_measures(threads, named):
+    """Scripts whose runs are other processes name those runs' threads without setting this process's."""
+    before = torch.get_num_threads()
+    name = load_benchmark("models").device_name(torch.device("cpu"), threads=threads)
+    plural = "" if before == 1 else "s"
+    assert name.startswith("CPU ") and name.endswith(named or f" {before} thread{plural})")
+    assert f"({os.cpu_count()} cores, " in name and torch.get_num_threads() == before
+
+
 def test_the_committed_overhead_records_are_drawable():
     """benchmarks/results/overhead-steps.jsonl, the source of the committed figure, reads with today's reader: three
     datasets at four widths of one model, each point from two repeats."""
@@ -743,8 +754,15 @@ def test_a_failed_loops_run_ends_in_one_line_naming_the_dataset(tmp_path, monkey
     loops = load_benchmark("loops")
     monkeypatch.delenv("LIGHTNING_SEG_DEBUG", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with pytest.raises(SystemExit) as failed:
-        loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(SystemExit) as failed:
+            loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
+        # the loops ran with --threads 1 (the default); the caller's process has its own count back
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     # only the script hides CUDA: a caller's process keeps its devices (Ray's GPU tests run in the same workers)
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     message = str(failed.value.code)

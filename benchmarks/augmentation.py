@@ -24,7 +24,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import device_name, report_table  # noqa: E402
+from models import add_report_arguments, device_name, report_table  # noqa: E402
 
 from lightning_seg.data import (  # noqa: E402
     ChaseDataModule,
@@ -109,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="the folder holding drosophila/, covid19/, chase/")
     parser.add_argument("--items", type=int, default=200, help="samples per round and way")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--output", type=Path, help="append the Markdown rows to this file")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.items < 1:
         parser.error("--repeats and --items must be ≥ 1")

@@ -18,7 +18,6 @@ everything left in the run's checkpoint folder. Prints one Markdown row per sche
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
 
-from models import report_table  # noqa: E402
+from models import add_report_arguments, report_table  # noqa: E402
 
 from lightning_seg import SegmentationModule  # noqa: E402
 from lightning_seg.callbacks import RunCheckpoint  # noqa: E402
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--base-channels", type=int, default=64, help="U-Net width (64: the paper's, 31.0M parameters)")
     parser.add_argument("--every-minutes", type=float, default=5.0, help="RunCheckpoint's interval for last.ckpt")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
-    parser.add_argument("--output", type=Path, help="append the rows to this Markdown file")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads"

@@ -21,7 +21,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
 import statistics
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from models import add_report_arguments  # noqa: E402
 
 from lightning_seg.data import ChaseDataModule, Covid19DataModule, DrosophilaDataModule, SyntheticDataModule  # noqa: E402
 from lightning_seg.evaluation import TestEvaluation  # noqa: E402
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["chase", "covid19", "drosophila"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--base-channels", type=int, default=16)
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser, output=False)
     args = parser.parse_args(argv)
     device = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
     print(HEADER)

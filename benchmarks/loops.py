@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import os
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import check_table_file, device_name, report_table  # noqa: E402
+from models import add_report_arguments, check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
     BareModule,
     StepClock,
@@ -232,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2400, help="training steps of each run (default 2400)")
     parser.add_argument("--block", type=int, default=7, help="manual-optimization: steps in a row of one kind")
     parser.add_argument("--control", action="store_true", help="the first loop on both sides (an A/A run)")
-    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.block < 1:
         parser.error(f"--block must be ≥ 1, got {args.block}")

@@ -69,6 +69,13 @@ def device_name(device: torch.device, per_run: bool = False, threads: int | None
     return f"CPU {name} ({os.cpu_count()} cores, {threads} thread{'' if threads == 1 else 's'}{' per run' * per_run})"
 
 
+def add_report_arguments(parser: argparse.ArgumentParser, output: bool = True) -> None:
+    """``--date``, written in every row, and (``output``) ``--output``, the Markdown file the rows are appended to."""
+    if output:
+        parser.add_argument("--output", type=Path, default=None, help="append the Markdown rows to this file")
+    parser.add_argument("--date", default=dt.date.today().isoformat(), help="date written in the rows (default: today)")
+
+
 def check_table_file(path: Path, header: str) -> bool:
     """Whether ``path`` is new (or empty); a long benchmark calls it before it starts, :func:`append_table` again.
 
@@ -184,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps; the median is reported")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (≥ 1)")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default: %(default)s)")
-    parser.add_argument("--output", type=Path, help="append the Markdown rows to this file")
-    parser.add_argument("--date", default=dt.date.today().isoformat(), help="date written in the rows")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be ≥ 1")

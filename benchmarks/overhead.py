@@ -76,7 +76,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import resource
@@ -95,7 +94,7 @@ from lightning_seg.run import code_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it, also when loaded by file path
 
-from models import check_table_file, device_name, report_table  # noqa: E402
+from models import add_report_arguments, check_table_file, device_name, report_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -620,11 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fit_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
     parser.add_argument(
         "--records", type=Path, default=None, help="append one JSON line per dataset (every repeat) to this file"
     )
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary one)")
     parser.add_argument("--worker", choices=list(WORKERS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)

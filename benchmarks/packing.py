@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime as dt
 import json
 import os
 import select
@@ -55,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside this script
-from models import append_table, device_name  # noqa: E402
+from models import add_report_arguments, append_table, device_name  # noqa: E402
 
 from lightning_seg.grid.execute import local_slots  # noqa: E402
 from lightning_seg.grid.parent import PARENT_PID_VARIABLE  # noqa: E402
@@ -394,8 +393,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         "timed span (default: %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per k (default: %(default)s)")
-    parser.add_argument("--output", type=Path, help="append the Markdown rows to this file")
-    parser.add_argument("--date", default=dt.date.today().isoformat(), help="date written in the rows")
+    add_report_arguments(parser)
     # internal: the worker processes
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

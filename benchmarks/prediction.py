@@ -16,7 +16,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import device_name, report_table, synchronize  # noqa: E402
+from models import add_report_arguments, device_name, report_table, synchronize  # noqa: E402
 
 from lightning_seg.prediction import predicted_classes  # noqa: E402
 
@@ -63,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0: torch's default")
-    parser.add_argument("--output", type=Path, help="append the Markdown rows to this file")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be ≥ 1 and --warmup ≥ 0")

@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import sys
@@ -49,7 +48,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import check_table_file, device_name, report_table  # noqa: E402
+from models import add_report_arguments, check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
     DATASETS,
     StepClock,
@@ -275,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--block", type=int, default=7, help="steps in a row with one setting (default 7)")
     parser.add_argument("--control", action="store_true", help="both turns with the first setting (an A/A run)")
-    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.block < 1:
         parser.error(f"--block must be ≥ 1, got {args.block}")

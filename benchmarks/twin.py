@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import statistics
 import sys
@@ -51,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import check_table_file, device_name, report_table  # noqa: E402
+from models import add_report_arguments, check_table_file, device_name, report_table  # noqa: E402
 from overhead import (  # noqa: E402
     StepClock,
     add_fit_arguments,
@@ -164,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     add_fit_arguments(parser)
     parser.add_argument("--control", action="store_true", help="two plain twins, the first against the second")
     parser.add_argument("--twin-first", action="store_true", help="train the twins before each step, not after it")
-    parser.add_argument("--output", type=Path, default=None, help="append the rows to this Markdown file")
-    parser.add_argument("--date", default=dt.date.today().isoformat())
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
     if args.output is not None:
         check_table_file(args.output, HEADER)

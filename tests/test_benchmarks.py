@@ -717,12 +717,14 @@ def test_a_cpu_row_names_the_threads_of_the_runs_it_measures(threads, named):
     assert f"({os.cpu_count()} cores, " in name and torch.get_num_threads() == before
 
 
-def test_the_committed_overhead_records_are_drawable():
-    """benchmarks/results/overhead-steps.jsonl, the source of the committed figure, reads with today's reader: three
-    datasets at four widths of one model, each point from two repeats."""
+@pytest.mark.parametrize(("name", "widths"), [("overhead-steps", 4), ("overhead-steps-4f07c5f", 5)])
+def test_the_committed_overhead_records_are_drawable(name, widths):
+    """benchmarks/results/<name>.jsonl, the source of a committed figure, reads with today's reader: three datasets
+    at each width of one model."""
     plot = load_benchmark("overhead_plot")
-    points = plot.read_records(REPO / "benchmarks" / "results" / "overhead-steps.jsonl")
-    assert sorted({p["dataset"] for p in points}) == ["chase", "covid19", "drosophila"] and len(points) == 12
+    points = plot.read_records(REPO / "benchmarks" / "results" / f"{name}.jsonl")
+    assert sorted({p["dataset"] for p in points}) == ["chase", "covid19", "drosophila"]
+    assert len(points) == 3 * widths == len({(p["dataset"], p["model"]) for p in points})
     assert plot.model_labels([p["model"] for p in points])[1] == "tiny(channels=…), ÷8"
 
 

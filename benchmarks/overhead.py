@@ -594,6 +594,17 @@ def median_record(records: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in records) for k in records[0]}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that :func:`fit_args` and :func:`child_env` read: which fit, at which scale (also ``turns.py``'s)."""
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -611,7 +622,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra fit override (repeatable)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of every run (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

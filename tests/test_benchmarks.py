@@ -717,15 +717,25 @@ def test_a_cpu_row_names_the_threads_of_the_runs_it_measures(threads, named):
     assert f"({os.cpu_count()} cores, " in name and torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize(("name", "widths"), [("overhead-steps", 4), ("overhead-steps-4f07c5f", 5)])
-def test_the_committed_overhead_records_are_drawable(name, widths):
-    """benchmarks/results/<name>.jsonl, the source of a committed figure, reads with today's reader: three datasets
-    at each width of one model."""
+ALL_DATASETS = ["chase", "covid19", "drosophila"]
+
+
+@pytest.mark.parametrize(
+    ("name", "datasets", "widths"),
+    [
+        ("overhead-steps", ALL_DATASETS, 4),
+        ("overhead-steps-4f07c5f", ALL_DATASETS, 5),
+        ("overhead-workers-4f07c5f", ["drosophila"], 1),
+    ],
+)
+def test_the_committed_overhead_records_are_drawable(name, datasets, widths):
+    """benchmarks/results/<name>.jsonl, the source of a figure or a figure of benchmarks/README.md, reads with
+    today's reader: one point for each dataset at each width of one model."""
     plot = load_benchmark("overhead_plot")
     points = plot.read_records(REPO / "benchmarks" / "results" / f"{name}.jsonl")
-    assert sorted({p["dataset"] for p in points}) == ["chase", "covid19", "drosophila"]
-    assert len(points) == 3 * widths == len({(p["dataset"], p["model"]) for p in points})
-    assert plot.model_labels([p["model"] for p in points])[1] == "tiny(channels=…), ÷8"
+    assert sorted({p["dataset"] for p in points}) == datasets
+    assert len(points) == len(datasets) * widths == len({(p["dataset"], p["model"]) for p in points})
+    assert plot.model_labels([p["model"] for p in points])[1].startswith("tiny(channels=")
 
 
 @pytest.mark.parametrize(
@@ -756,13 +766,15 @@ def test_a_failed_loops_run_ends_in_one_line_naming_the_dataset(tmp_path, monkey
     loops = load_benchmark("loops")
     monkeypatch.delenv("LIGHTNING_SEG_DEBUG", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    threads = torch.get_num_threads()
+    threads, during = torch.get_num_threads(), []
+    name = loops.device_name
+    monkeypatch.setattr(loops, "device_name", lambda *a, **k: during.append(torch.get_num_threads()) or name(*a, **k))
     torch.set_num_threads(2)
     try:
         with pytest.raises(SystemExit) as failed:
             loops.main(["--datasets", "chase", "--steps", "20", "--data-dir", str(tmp_path / "none")])
         # the loops ran with --threads 1 (the default); the caller's process has its own count back
-        assert torch.get_num_threads() == 2
+        assert during == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
     # only the script hides CUDA: a caller's process keeps its devices (Ray's GPU tests run in the same workers)
@@ -783,6 +795,8 @@ def test_a_failed_loops_run_ends_in_one_line_naming_the_dataset(tmp_path, monkey
         (["--steps", "14"], "--steps must exceed two blocks (14) for a pair of turns, got 14"),
         (["--compare", "trainer"], "argument --compare: invalid choice: 'trainer'"),
         (["--max-steps", "100"], "--max-steps and --val-check-interval set a fit's trainer, which these loops do not"),
+        (["--threads", "0"], "argument --threads: must be ≥ 1, got 0"),
+        (["--threads", "two"], "argument --threads: must be an integer ≥ 1, got 'two'"),
     ],
 )
 def test_the_loops_benchmark_refuses_bad_arguments_before_any_run(capsys, bad, message):

@@ -61,6 +61,7 @@ from overhead import (  # noqa: E402
     full_batches,
     size_label,
     steps_cell,
+    training_batches,
 )
 from turns import by_turns, paired_row  # noqa: E402
 from twin import paired_ratios  # noqa: E402
@@ -171,16 +172,10 @@ def fabric_steps(args: argparse.Namespace) -> Result:
     first, second = sides(model, loss, args.control)
     seconds: tuple[list[float], list[float]] = ([], [])
     images: list[int] = []
-    epoch = 0
-    while len(images) < args.steps:
-        loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch
-        epoch += 1
-        for batch in loader:
-            seconds[0].append(timed_step(*first, batch))
-            seconds[1].append(timed_step(*second, batch))
-            images.append(batch_images(batch))
-            if len(images) == args.steps:
-                break
+    for batch in training_batches(loader, args.steps):
+        seconds[0].append(timed_step(*first, batch))
+        seconds[1].append(timed_step(*second, batch))
+        images.append(batch_images(batch))
     one, two = (full_batches(times, images) for times in seconds)
     return len(images), len(one), (one, two), paired_ratios(one, two)
 

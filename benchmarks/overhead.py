@@ -84,6 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -452,6 +453,20 @@ def build_parts(args: argparse.Namespace):
     return cli.model.model, cli.model.loss, data.train_dataloader(), deterministic
 
 
+def training_batches(loader, steps: int) -> Iterator[dict]:
+    """``steps`` batches of the training ``loader``, pass after pass, with each epoch's draws set before it as Lightning
+    sets them (``set_epoch``): the batches of a fit of ``steps`` steps, for the loops that are not one."""
+    epoch = 0
+    while steps > 0:
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        epoch += 1
+        for batch in loader:
+            yield batch
+            steps -= 1
+            if steps == 0:
+                return
+
+
 def plain_worker(args: argparse.Namespace) -> None:
     """The same model, data and loss as the Lightning run, trained by a bare loop; prints one JSON line."""
     import torch
@@ -460,23 +475,18 @@ def plain_worker(args: argparse.Namespace) -> None:
     HostMemoryReuse().apply()  # the configs' allocator setting, so that page faults are nobody's cost
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    durations, cpu_durations, images, step, epoch, start = [], [], [], 0, 0, now()
+    durations, cpu_durations, images, step, start = [], [], [], 0, now()
     counts = {"train_start": faults()}
-    while step < args.steps:
-        loader.batch_sampler.sampler.set_epoch(epoch)  # as Lightning does before each epoch: a new epoch's draws
-        epoch += 1
-        for batch in loader:
-            t0, c0 = now(), cpu()
-            optimizer.zero_grad(set_to_none=True)
-            value = loss(model(batch["image"]), batch["mask"])
-            value.backward()
-            optimizer.step()
-            durations.append(now() - t0)
-            cpu_durations.append(cpu() - c0)
-            images.append(batch_images(batch))
-            step += 1
-            if step == args.steps:
-                break
+    for batch in training_batches(loader, args.steps):
+        t0, c0 = now(), cpu()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(model(batch["image"]), batch["mask"])
+        value.backward()
+        optimizer.step()
+        durations.append(now() - t0)
+        cpu_durations.append(cpu() - c0)
+        images.append(batch_images(batch))
+        step += 1
     wall, counts["train_end"] = now() - start, faults()
     record = {"step_ms": 1000 * statistics.median(durations), "step_mean_ms": 1000 * sum(durations) / step}
     record["faults_per_step"] = faults_per_step(counts, step)

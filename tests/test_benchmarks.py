@@ -455,6 +455,36 @@ def test_a_twin_record_compares_the_real_steps_or_the_two_twins_of_full_batches(
 
 
 @pytest.mark.parametrize(
+    ("steps", "batches", "epochs"),
+    [
+        (7, ["a0", "b0", "c0", "a1", "b1", "c1", "a2"], [0, 1, 2]),  # the last pass cut short, none begun after it
+        (3, ["a0", "b0", "c0"], [0]),
+        (0, [], []),
+    ],
+)
+def test_the_loops_outside_lightning_take_the_batches_of_a_fit_of_as_many_steps(steps, batches, epochs):
+    """Passes of a 3-batch loader, each after ``set_epoch`` with the pass's number, as Lightning sets it."""
+
+    class Sampler:
+        epoch, epochs = 0, []
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+            self.epochs.append(epoch)
+
+    sampler = Sampler()
+
+    class Loader:
+        batch_sampler = SimpleNamespace(sampler=sampler)
+
+        def __iter__(self):
+            return iter(f"{name}{sampler.epoch}" for name in "abc")
+
+    assert list(load_benchmark("overhead").training_batches(Loader(), steps)) == batches
+    assert sampler.epochs == epochs
+
+
+@pytest.mark.parametrize(
     ("values", "images", "expected"),
     [
         ([1.0, 2.0, 3.0], [4, 4, 4], [1.0, 2.0, 3.0]),

@@ -67,7 +67,7 @@ from turns import by_turns, paired_row  # noqa: E402
 from twin import paired_ratios  # noqa: E402
 
 from lightning_seg.callbacks import HostMemoryReuse  # noqa: E402
-from lightning_seg.cli import DEBUG_VARIABLE, EXPLAINED  # noqa: E402
+from lightning_seg.cli import DEBUG_VARIABLE, debug_requested, describe  # noqa: E402
 
 HEADER = (
     "| date | machine | dataset (fraction) | model, image sides | compared | steps "
@@ -209,12 +209,10 @@ def measure(args: argparse.Namespace) -> list[str]:
             try:
                 result = run(one)
             except Exception as error:  # one line, as lightning-seg says it; the traceback on request
-                if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                if debug_requested():
                     raise
-                said = str(error) if isinstance(error, EXPLAINED) else f"{type(error).__name__}: {error}"
-                raise SystemExit(
-                    f"loops.py: error: the {dataset} run failed: {said} (the traceback: {DEBUG_VARIABLE}=1)"
-                ) from None
+                said = describe(error, traceback_by=f"{DEBUG_VARIABLE}=1")
+                raise SystemExit(f"loops.py: error: the {dataset} run failed: {said}") from None
             rows.append(row(args.date, machine, size_label(args), dataset, label, result))
     return rows
 

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -628,15 +628,22 @@ def fit_identity(args: list[str]) -> tuple[RunIdentity, dict]:
 EXPLAINED = (ConfigError, RunFolderError, CheckpointError, NonFiniteError)
 
 
-def describe(error: BaseException) -> str:
+def debug_requested(args: Sequence[str] = ()) -> bool:
+    """Whether a failure should show its traceback: ``--debug`` among ``args``, or ``LIGHTNING_SEG_DEBUG`` set and not 0."""
+    return "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def describe(error: BaseException, traceback_by: str = f"--debug or {DEBUG_VARIABLE}=1") -> str:
+    """An error in one line: its message alone when it says everything (:data:`EXPLAINED`), else its type and
+    message and how to see the traceback (``traceback_by``)."""
     if isinstance(error, EXPLAINED):
         return str(error)
-    return f"{type(error).__name__}: {error} (the traceback: --debug or {DEBUG_VARIABLE}=1)"
+    return f"{type(error).__name__}: {error} (the traceback: {traceback_by})"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    debug = debug_requested(args)
     args = [arg for arg in args if arg != "--debug"]
     try:
         build_cli(args)
